@@ -1,44 +1,59 @@
 /*
  * publish.c -- workload "L" of shared WORKLOADS.md: the physical limit of an
- * atomic publish (write a temp file, rename it to its final name) on one folder.
+ * atomic publish (write a temp file, rename it to its final name) in a folder.
  *
  *   publish [options] DIR MODE SECONDS [MAX_OPS]
  *
  *   MODE     none | file | dir | file+dir   (which fsyncs each op does)
- *   SECONDS  measuring time (the loop stops at SECONDS or MAX_OPS, default 20000)
+ *   SECONDS  measuring time; the loop stops at SECONDS or MAX_OPS (default 20000)
  *
  * op i = open("t<i>.task.tmp", O_WRONLY|O_CREAT|O_TRUNC), write 256 bytes,
  *        [fsync(file)], close, renameat("t<i>.task.tmp" -> "t<i>.task.json"),
- *        [fsync(dir)]                        -- a new name every op, as a bus does.
+ *        [fsync(dir)]                      -- a new name every op, as a bus does.
+ * The latency of an op is the time from the end of the previous op to its end.
  *
  * Options:
- *   --state S     clean   (default) published files are kept;
- *                 churned right before measuring, CHURN files are created and
- *                         unlinked in the measuring directory;
- *                 steady  each op also unlinks the file published LAG ops earlier
- *                         (that unlink is inside the op's timing).
+ *   --state S     clean   (default) the published files are kept;
+ *                 churned just before measuring, CHURN files are created (256
+ *                         bytes each) and unlinked in the measuring directory;
+ *                 steady  each op also unlinks the file published LAG ops
+ *                         earlier (inside the op's timing).
  *   --churn N     files created+unlinked for "churned" (default 20000)
  *   --lag N       distance of the unlink in "steady" (default 64)
  *   --size N      bytes written per op (default 256)
- *   --cleanup C   now   (default) remove the run directory at the end;
- *                 keep  leave it (its path is in the JSON line);
- *   --no-spread   create the run directory directly in DIR (see below)
+ *   --series K --every S
+ *                 measure K times in the same directory, the k-th burst
+ *                 starting k*S seconds after the first one (after the churn,
+ *                 for "churned"): shows how long a state lasts. One JSON line
+ *                 per burst, with "burst" and "since_start_s".
+ *   --cleanup C   files (default) at the end, unlink the files of the run
+ *                         directory; on ext4 keep the emptied directory itself
+ *                         (see below); a later run rmdirs such empty run
+ *                         directories once they are 10 minutes old;
+ *                 all     unlink the files and rmdir the run directory;
+ *                 keep    leave everything (the path is in the JSON line).
+ *   --no-spread   make the run directory directly in DIR (see below)
  *   --label S     free text copied into the JSON line
  *
- * Output: one JSON line on stdout (ops/s, median/p90/max latency in us, ...).
+ * Output: one JSON line per measurement on stdout: ops/s, median (mean of the
+ * two middle values for an even count), p90 (nearest rank) and max latency in
+ * microseconds, mode, state, dir, file-system type, where it ran.
  *
- * Where the run directory goes, and why (ext4 without a journal):
- * ext4 in no-journal mode refuses to reuse an inode freed less than 60 s ago
- * (360 s while its inode-table block is still dirty): ialloc.c recently_deleted().
- * New inodes of a directory are taken from the first block group of the
- * directory's flex group that has free inodes, so after a mass deletion every
- * create in that flex group walks over the recently freed inodes first, for
- * minutes.  To keep its own churn and cleanup from poisoning the folder that
- * later measurements (and the bus) use, this program works under
- * DIR/.workbus-limits, a directory marked "top of hierarchy" (chattr +T,
- * FS_TOPDIR_FL) so that ext4's Orlov allocator spreads each run directory to
- * another flex group, away from DIR's own.  (On tmpfs the flag is refused
- * and does not matter.)  --no-spread turns this off.
+ * Where the run directory goes, and why (this machine's ext4 has no journal):
+ * in no-journal mode ext4 will not reuse an inode freed less than 60 s ago
+ * (360 s while its inode-table block is still dirty), see recently_deleted()
+ * in fs/ext4/ialloc.c; a file's inode is taken from the first block group of
+ * its directory's flex group (16 groups here) that has free inodes, so after
+ * a mass deletion the creates of every directory in that flex group pay for
+ * stepping over the recently freed inodes, until they age.  To keep its own
+ * churn, steady-state unlinks and cleanup away from the folder that other
+ * measurements (and the bus) use, this program works under
+ * DIR/.workbus-limits, marked "top of directory hierarchy" (chattr +T,
+ * FS_TOPDIR_FL), so that ext4's Orlov allocator puts each run directory in the
+ * flex group with the fewest directories (in practice an empty one, far from
+ * DIR's).  Emptied run directories are kept for 10 minutes so that their flex
+ * group still counts a directory and is not picked again while it is
+ * poisoned.  On tmpfs none of this matters (the flag is refused, silently).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -57,11 +72,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#define EXT4_MAGIC 0xEF53
+#define STALE_S 600 /* age after which an emptied run directory is removed */
+
 enum mode { M_NONE, M_FILE, M_DIR, M_FILEDIR };
 enum state { S_CLEAN, S_CHURNED, S_STEADY };
+enum cleanup { CL_FILES, CL_ALL, CL_KEEP };
 
 static const char *mode_names[] = {"none", "file", "dir", "file+dir"};
 static const char *state_names[] = {"clean", "churned", "steady"};
+static const char *cleanup_names[] = {"files", "all", "keep"};
+
+struct result {
+	long ops;
+	double seconds, median, p90, max;
+	unsigned long long first_ino;
+};
 
 static double now_s(void)
 {
@@ -80,8 +106,8 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: publish [--state clean|churned|steady] [--churn N] [--lag N] [--size N]\n"
-		"               [--cleanup now|keep] [--no-spread] [--label S]\n"
-		"               DIR none|file|dir|file+dir SECONDS [MAX_OPS]\n");
+		"               [--series K --every S] [--cleanup files|all|keep] [--no-spread]\n"
+		"               [--label S] DIR none|file|dir|file+dir SECONDS [MAX_OPS]\n");
 	exit(2);
 }
 
@@ -91,7 +117,7 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* file-system type name of the mount holding path (from mountinfo), or "?" */
+/* file-system type of the mount holding path, from mountinfo ("?" if unknown) */
 static void fs_type_of(const char *path, char *out, size_t outlen)
 {
 	struct stat st;
@@ -115,24 +141,23 @@ static void fs_type_of(const char *path, char *out, size_t outlen)
 	fclose(f);
 }
 
-/* JSON string without the quotes; our strings are paths and labels */
-static void json_str(FILE *f, const char *s)
+static void json_str(const char *s)
 {
-	fputc('"', f);
+	putchar('"');
 	for (; *s; s++) {
 		if (*s == '"' || *s == '\\')
-			fprintf(f, "\\%c", *s);
+			printf("\\%c", *s);
 		else if ((unsigned char)*s < 0x20)
-			fprintf(f, "\\u%04x", *s);
+			printf("\\u%04x", *s);
 		else
-			fputc(*s, f);
+			putchar(*s);
 	}
-	fputc('"', f);
+	putchar('"');
 }
 
-/* remove the run directory: it is flat and holds only files we made; read it
- * rather than guess the names, so the leftovers of a killed run go too */
-static long remove_tree(const char *path)
+/* empty the run directory (flat, only files we made: read it rather than
+ * guess the names) and, unless keep_dir, remove it; returns files removed */
+static long remove_run(const char *path, int keep_dir)
 {
 	long n = 0;
 	int dfd = open(path, O_RDONLY | O_DIRECTORY);
@@ -152,51 +177,137 @@ static long remove_tree(const char *path)
 	}
 	closedir(d);
 	close(dfd);
-	if (rmdir(path) != 0)
+	if (!keep_dir && rmdir(path) != 0)
 		return -1;
 	return n;
+}
+
+/* rmdir the emptied run directories older than STALE_S (not full ones: a
+ * mass deletion now would poison a flex group that a run might then use) */
+static void remove_stale(const char *base)
+{
+	DIR *d = opendir(base);
+	if (!d)
+		return;
+	time_t now = time(NULL);
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, "run-", 4) != 0)
+			continue;
+		char p[4400];
+		struct stat st;
+		snprintf(p, sizeof p, "%s/%s", base, e->d_name);
+		if (stat(p, &st) == 0 && S_ISDIR(st.st_mode) && now - st.st_mtime > STALE_S)
+			(void)rmdir(p); /* fails harmlessly if not empty */
+	}
+	closedir(d);
+}
+
+/* publish from name number *next on, until `seconds` or `max_ops` */
+static struct result measure(int dfd, int mode, enum state state, long lag, const char *buf,
+			     long size, double seconds, long max_ops, long *next, double *lat)
+{
+	int fsync_file = mode == M_FILE || mode == M_FILEDIR;
+	int fsync_dir = mode == M_DIR || mode == M_FILEDIR;
+	char tmp[64], fin[64], old[64];
+	struct result r = {0};
+	long n = 0, first = *next;
+	double t0 = now_s(), tend = t0 + seconds, t = t0;
+	while (n < max_ops && t < tend) {
+		long i = first + n;
+		snprintf(tmp, sizeof tmp, "t%ld.task.tmp", i);
+		snprintf(fin, sizeof fin, "t%ld.task.json", i);
+		int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0)
+			die("open", tmp);
+		if (write(fd, buf, size) != size)
+			die("write", tmp);
+		if (n == 0) {
+			struct stat fst;
+			if (fstat(fd, &fst) == 0)
+				r.first_ino = fst.st_ino;
+		}
+		if (fsync_file && fsync(fd) != 0)
+			die("fsync", tmp);
+		if (close(fd) != 0)
+			die("close", tmp);
+		if (renameat(dfd, tmp, dfd, fin) != 0)
+			die("rename", tmp);
+		if (fsync_dir && fsync(dfd) != 0)
+			die("fsync dir", "");
+		if (state == S_STEADY && i - first >= lag) {
+			snprintf(old, sizeof old, "t%ld.task.json", i - lag);
+			if (unlinkat(dfd, old, 0) != 0)
+				die("unlink", old);
+		}
+		double t2 = now_s();
+		lat[n++] = (t2 - t) * 1e6;
+		t = t2;
+	}
+	*next = first + n;
+	if (state == S_STEADY) {
+		/* the next burst starts a new window of LAG files: drop this one's */
+		for (long i = first + (n > lag ? n - lag : 0); i < first + n; i++) {
+			snprintf(old, sizeof old, "t%ld.task.json", i);
+			(void)unlinkat(dfd, old, 0);
+		}
+	}
+	r.ops = n;
+	r.seconds = t - t0;
+	qsort(lat, n, sizeof(double), cmp_double);
+	if (n > 0) {
+		r.median = n % 2 ? lat[n / 2] : (lat[n / 2 - 1] + lat[n / 2]) / 2;
+		r.p90 = lat[(9 * n + 9) / 10 - 1]; /* nearest rank: ceil(0.9 n) */
+		r.max = lat[n - 1];
+	}
+	return r;
 }
 
 int main(int argc, char **argv)
 {
 	enum state state = S_CLEAN;
-	long churn = 20000, lag = 64, size = 256;
-	int cleanup_now = 1, spread = 1;
+	enum cleanup cleanup = CL_FILES;
+	long churn = 20000, lag = 64, size = 256, series = 1;
+	double every = 0;
+	int spread = 1;
 	const char *label = "";
 	int ai = 1;
 	for (; ai < argc && !strncmp(argv[ai], "--", 2); ai++) {
 		const char *o = argv[ai];
-		const char *v = ai + 1 < argc ? argv[ai + 1] : NULL;
 		if (!strcmp(o, "--no-spread")) {
 			spread = 0;
 			continue;
 		}
-		if (!v)
+		if (ai + 1 >= argc)
 			usage();
-		ai++;
+		const char *v = argv[++ai];
 		if (!strcmp(o, "--state")) {
-			if (!strcmp(v, "clean"))
-				state = S_CLEAN;
-			else if (!strcmp(v, "churned"))
-				state = S_CHURNED;
-			else if (!strcmp(v, "steady"))
-				state = S_STEADY;
-			else
+			int k = -1;
+			for (int s = 0; s < 3; s++)
+				if (!strcmp(v, state_names[s]))
+					k = s;
+			if (k < 0)
 				usage();
+			state = k;
+		} else if (!strcmp(o, "--cleanup")) {
+			int k = -1;
+			for (int c = 0; c < 3; c++)
+				if (!strcmp(v, cleanup_names[c]))
+					k = c;
+			if (k < 0)
+				usage();
+			cleanup = k;
 		} else if (!strcmp(o, "--churn"))
 			churn = atol(v);
 		else if (!strcmp(o, "--lag"))
 			lag = atol(v);
 		else if (!strcmp(o, "--size"))
 			size = atol(v);
-		else if (!strcmp(o, "--cleanup")) {
-			if (!strcmp(v, "now"))
-				cleanup_now = 1;
-			else if (!strcmp(v, "keep"))
-				cleanup_now = 0;
-			else
-				usage();
-		} else if (!strcmp(o, "--label"))
+		else if (!strcmp(o, "--series"))
+			series = atol(v);
+		else if (!strcmp(o, "--every"))
+			every = atof(v);
+		else if (!strcmp(o, "--label"))
 			label = v;
 		else
 			usage();
@@ -204,17 +315,15 @@ int main(int argc, char **argv)
 	if (argc - ai < 3 || argc - ai > 4)
 		usage();
 	const char *dir = argv[ai];
-	const char *mname = argv[ai + 1];
-	double seconds = atof(argv[ai + 2]);
-	long max_ops = argc - ai == 4 ? atol(argv[ai + 3]) : 20000;
 	int mode = -1;
 	for (int m = 0; m < 4; m++)
-		if (!strcmp(mname, mode_names[m]))
+		if (!strcmp(argv[ai + 1], mode_names[m]))
 			mode = m;
-	if (mode < 0 || seconds <= 0 || max_ops <= 0 || lag <= 0 || size < 0)
+	double seconds = atof(argv[ai + 2]);
+	long max_ops = argc - ai == 4 ? atol(argv[ai + 3]) : 20000;
+	if (mode < 0 || seconds <= 0 || max_ops <= 0 || lag <= 0 || size < 0 || churn < 0 ||
+	    series < 1 || (series > 1 && every <= 0))
 		usage();
-	int fsync_file = mode == M_FILE || mode == M_FILEDIR;
-	int fsync_dir = mode == M_DIR || mode == M_FILEDIR;
 
 	struct statfs sfs;
 	if (statfs(dir, &sfs) != 0)
@@ -222,7 +331,7 @@ int main(int argc, char **argv)
 	char fstype[64];
 	fs_type_of(dir, fstype, sizeof fstype);
 
-	/* the run directory: DIR/.workbus-limits/run-<pid>-<ns> (spread) */
+	/* the run directory: DIR/.workbus-limits/run-<pid>-<realtime ns> */
 	char base[4096], run[4200];
 	if (spread) {
 		snprintf(base, sizeof base, "%s/.workbus-limits", dir);
@@ -237,122 +346,107 @@ int main(int argc, char **argv)
 			(void)ioctl(bfd, FS_IOC_SETFLAGS, &flags); /* best effort */
 		}
 		close(bfd);
+		remove_stale(base);
 	} else {
 		snprintf(base, sizeof base, "%s", dir);
 	}
 	struct timespec rt;
 	clock_gettime(CLOCK_REALTIME, &rt);
-	snprintf(run, sizeof run, "%s/run-%d-%lld%09ld", base, (int)getpid(),
-		 (long long)rt.tv_sec, rt.tv_nsec);
+	snprintf(run, sizeof run, "%s/run-%d-%lld%09ld", base, (int)getpid(), (long long)rt.tv_sec,
+		 rt.tv_nsec);
 	if (mkdir(run, 0755) != 0)
 		die("mkdir", run);
 	struct stat rst, dst;
-	stat(run, &rst);
-	stat(dir, &dst);
+	if (stat(run, &rst) != 0 || stat(dir, &dst) != 0)
+		die("stat", run);
 	int dfd = open(run, O_RDONLY | O_DIRECTORY);
 	if (dfd < 0)
 		die("open", run);
 
 	char *buf = malloc(size > 0 ? size : 1);
+	double *lat = malloc(sizeof(double) * max_ops);
+	if (!buf || !lat)
+		die("malloc", NULL);
 	memset(buf, 'x', size);
 	if (size > 0)
 		buf[size - 1] = '\n';
-	char tmp[64], fin[64];
 
-	/* churned: create + unlink CHURN files right before measuring */
 	double churn_s = 0;
 	if (state == S_CHURNED) {
+		char name[64];
 		double c0 = now_s();
 		for (long i = 0; i < churn; i++) {
-			snprintf(tmp, sizeof tmp, "c%ld", i);
-			int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			snprintf(name, sizeof name, "c%ld", i);
+			int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 			if (fd < 0)
-				die("churn create", tmp);
+				die("churn create", name);
 			if (write(fd, buf, size) != size)
-				die("churn write", tmp);
+				die("churn write", name);
 			close(fd);
 		}
 		for (long i = 0; i < churn; i++) {
-			snprintf(tmp, sizeof tmp, "c%ld", i);
-			if (unlinkat(dfd, tmp, 0) != 0)
-				die("churn unlink", tmp);
+			snprintf(name, sizeof name, "c%ld", i);
+			if (unlinkat(dfd, name, 0) != 0)
+				die("churn unlink", name);
 		}
 		churn_s = now_s() - c0;
 	}
 
-	double *lat = malloc(sizeof(double) * max_ops);
-	if (!lat)
-		die("malloc", NULL);
-	long n = 0;
-	double t0 = now_s(), tend = t0 + seconds, t = t0;
-	while (n < max_ops && t < tend) {
-		long i = n;
-		snprintf(tmp, sizeof tmp, "t%ld.task.tmp", i);
-		snprintf(fin, sizeof fin, "t%ld.task.json", i);
-		int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (fd < 0)
-			die("open", tmp);
-		if (write(fd, buf, size) != size)
-			die("write", tmp);
-		if (fsync_file && fsync(fd) != 0)
-			die("fsync", tmp);
-		if (close(fd) != 0)
-			die("close", tmp);
-		if (renameat(dfd, tmp, dfd, fin) != 0)
-			die("rename", tmp);
-		if (fsync_dir && fsync(dfd) != 0)
-			die("fsync dir", run);
-		if (state == S_STEADY && i >= lag) {
-			char old[64];
-			snprintf(old, sizeof old, "t%ld.task.json", i - lag);
-			if (unlinkat(dfd, old, 0) != 0)
-				die("unlink", old);
-		}
-		double t2 = now_s();
-		lat[n++] = (t2 - t) * 1e6;
-		t = t2;
+	struct result res[series];
+	double since[series];
+	long next = 0;
+	double start = now_s();
+	for (long k = 0; k < series; k++) {
+		double due = start + k * every, wait = due - now_s();
+		if (wait > 0)
+			usleep((useconds_t)(wait * 1e6));
+		since[k] = now_s() - start;
+		res[k] = measure(dfd, mode, state, lag, buf, size, seconds, max_ops, &next, lat);
 	}
-	double elapsed = t - t0;
 	close(dfd);
 
+	int keep_dir = cleanup == CL_FILES && spread && sfs.f_type == EXT4_MAGIC;
 	double cleanup_s = 0;
 	long removed = 0;
-	if (cleanup_now) {
+	if (cleanup != CL_KEEP) {
 		double c0 = now_s();
-		removed = remove_tree(run);
+		removed = remove_run(run, keep_dir);
 		if (removed < 0)
 			die("cleanup", run);
 		cleanup_s = now_s() - c0;
 	}
 
-	qsort(lat, n, sizeof(double), cmp_double);
-	double med = n % 2 ? lat[n / 2] : (lat[n / 2 - 1] + lat[n / 2]) / 2;
-	long r90 = (long)((9 * n + 9) / 10); /* nearest rank: ceil(0.9 n) */
-	double p90 = lat[r90 - 1], mx = lat[n - 1];
-
-	printf("{\"probe\":\"publish\",\"dir\":");
-	json_str(stdout, dir);
-	printf(",\"fs\":");
-	json_str(stdout, fstype);
-	printf(",\"fs_magic\":\"0x%lx\",\"mode\":\"%s\",\"state\":\"%s\"", (unsigned long)sfs.f_type,
-	       mode_names[mode], state_names[state]);
-	printf(",\"ops\":%ld,\"seconds\":%.4f,\"ops_per_s\":%.1f", n, elapsed, n / elapsed);
-	printf(",\"lat_us_median\":%.2f,\"lat_us_p90\":%.2f,\"lat_us_max\":%.1f", med, p90, mx);
-	printf(",\"size\":%ld,\"max_ops\":%ld,\"seconds_limit\":%g", size, max_ops, seconds);
-	if (state == S_CHURNED)
-		printf(",\"churn\":%ld,\"churn_s\":%.3f", churn, churn_s);
-	if (state == S_STEADY)
-		printf(",\"lag\":%ld", lag);
-	printf(",\"run_dir\":");
-	json_str(stdout, run);
-	printf(",\"run_dir_ino\":%llu,\"dir_ino\":%llu,\"spread\":%s",
-	       (unsigned long long)rst.st_ino, (unsigned long long)dst.st_ino,
-	       spread ? "true" : "false");
-	printf(",\"cleanup\":\"%s\"", cleanup_now ? "now" : "keep");
-	if (cleanup_now)
-		printf(",\"cleanup_files\":%ld,\"cleanup_s\":%.3f", removed, cleanup_s);
-	printf(",\"label\":");
-	json_str(stdout, label);
-	printf("}\n");
+	for (long k = 0; k < series; k++) {
+		struct result *r = &res[k];
+		printf("{\"probe\":\"publish\",\"dir\":");
+		json_str(dir);
+		printf(",\"fs\":");
+		json_str(fstype);
+		printf(",\"fs_magic\":\"0x%lx\",\"mode\":\"%s\",\"state\":\"%s\"",
+		       (unsigned long)sfs.f_type, mode_names[mode], state_names[state]);
+		printf(",\"ops\":%ld,\"seconds\":%.4f,\"ops_per_s\":%.1f", r->ops, r->seconds,
+		       r->seconds > 0 ? r->ops / r->seconds : 0.0);
+		printf(",\"lat_us_median\":%.2f,\"lat_us_p90\":%.2f,\"lat_us_max\":%.1f", r->median,
+		       r->p90, r->max);
+		printf(",\"size\":%ld,\"max_ops\":%ld,\"seconds_limit\":%g", size, max_ops, seconds);
+		if (state == S_CHURNED)
+			printf(",\"churn\":%ld,\"churn_s\":%.3f", churn, churn_s);
+		if (state == S_STEADY)
+			printf(",\"lag\":%ld", lag);
+		if (series > 1)
+			printf(",\"burst\":%ld,\"since_start_s\":%.2f", k, since[k]);
+		printf(",\"run_dir\":");
+		json_str(run);
+		printf(",\"run_dir_ino\":%llu,\"dir_ino\":%llu,\"first_file_ino\":%llu,\"spread\":%s",
+		       (unsigned long long)rst.st_ino, (unsigned long long)dst.st_ino, r->first_ino,
+		       spread ? "true" : "false");
+		printf(",\"cleanup\":\"%s\"", cleanup_names[cleanup]);
+		if (cleanup != CL_KEEP)
+			printf(",\"cleanup_files\":%ld,\"cleanup_s\":%.3f,\"run_dir_kept\":%s", removed,
+			       cleanup_s, keep_dir ? "true" : "false");
+		printf(",\"label\":");
+		json_str(label);
+		printf("}\n");
+	}
 	return 0;
 }

@@ -168,19 +168,27 @@ impl DaemonConfig {
             ));
         }
         if self.max_tasks_per_goal == 0 || self.max_goal_bytes == 0 || self.max_result_bytes == 0 {
-            return Err("max_tasks_per_goal, max_goal_bytes and max_result_bytes must be more than zero".into());
+            return Err(
+                "max_tasks_per_goal, max_goal_bytes and max_result_bytes must be more than zero"
+                    .into(),
+            );
         }
         if self.max_running == 0 {
             return Err("max_running must be more than zero".into());
         }
-        if self.retry_backoff > self.retry_backoff_max || self.restart_backoff > self.restart_backoff_max {
+        if self.retry_backoff > self.retry_backoff_max
+            || self.restart_backoff > self.restart_backoff_max
+        {
             return Err("a backoff's start must not exceed its max".into());
         }
         if self.crash_loop_restarts == 0 {
             return Err("crash_loop_restarts must be more than zero".into());
         }
         if !self.root.is_absolute() {
-            return Err(format!("root must be an absolute path, not {:?}", self.root.display().to_string()));
+            return Err(format!(
+                "root must be an absolute path, not {:?}",
+                self.root.display().to_string()
+            ));
         }
         Ok(())
     }
@@ -207,8 +215,11 @@ mod tests {
 
     #[test]
     fn cross_checks() {
-        let e = DaemonConfig::parse("poll_min = \"5s\"\npoll_max = \"1s\"\n", Path::new("w.toml"))
-            .unwrap_err();
+        let e = DaemonConfig::parse(
+            "poll_min = \"5s\"\npoll_max = \"1s\"\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("poll_min"), "{e}");
     }
 }

@@ -170,16 +170,27 @@ impl Fleet {
                 return Err(err(
                     i,
                     "cwd",
-                    format!("cwd must be an absolute path, not {:?}", cwd.display().to_string()),
+                    format!(
+                        "cwd must be an absolute path, not {:?}",
+                        cwd.display().to_string()
+                    ),
                 ));
             }
             for k in w.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    return Err(err(i, "env", format!("invalid environment variable name {k:?}")));
+                    return Err(err(
+                        i,
+                        "env",
+                        format!("invalid environment variable name {k:?}"),
+                    ));
                 }
             }
             if w.group.is_some() && w.user.is_none() {
-                return Err(err(i, "group", "group is only used together with user".into()));
+                return Err(err(
+                    i,
+                    "group",
+                    "group is only used together with user".into(),
+                ));
             }
         }
         Ok(())
@@ -262,7 +273,8 @@ env = { NO_COLOR = "1" }
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = parse("[[worker]]\nname = \"a\"\ncapabilities = [\"x\"]\ncomand = [\"x\"]\n").unwrap_err();
+        let e = parse("[[worker]]\nname = \"a\"\ncapabilities = [\"x\"]\ncomand = [\"x\"]\n")
+            .unwrap_err();
         assert_eq!(e.line, Some(4));
         assert_eq!(e.key.as_deref(), Some("comand"));
         assert!(e.to_string().starts_with("fleet.toml:4:"), "{e}");
@@ -281,11 +293,13 @@ env = { NO_COLOR = "1" }
         assert!(e.message.contains("duplicate worker name"), "{e}");
         assert_eq!(e.line, Some(6));
 
-        let e = parse("[[worker]]\nname = \"a b\"\ncapabilities = [\"x\"]\ncommand = [\"x\"]\n").unwrap_err();
+        let e = parse("[[worker]]\nname = \"a b\"\ncapabilities = [\"x\"]\ncommand = [\"x\"]\n")
+            .unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("contains ' '"), "{e}");
 
-        let e = parse("[[worker]]\nname = \"a\"\ncapabilities = [\"x\"]\ncommand = []\n").unwrap_err();
+        let e =
+            parse("[[worker]]\nname = \"a\"\ncapabilities = [\"x\"]\ncommand = []\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("worker[0].command"));
     }
 }

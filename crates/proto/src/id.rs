@@ -110,7 +110,17 @@ mod tests {
         for ok in ["a", "A9", "release-notes", "x_y-z", &"a".repeat(64)] {
             assert!(check_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "_a", "a.b", "a/b", "..", "é", "a b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "a.b",
+            "a/b",
+            "..",
+            "é",
+            "a b",
+            &"a".repeat(65),
+        ] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
     }

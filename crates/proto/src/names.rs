@@ -140,7 +140,12 @@ mod tests {
         assert_eq!(AttemptKey::parse_file_name(&k.file_name()), Some(k.clone()));
         let (k2, w) = AttemptKey::parse_claim_name(&k.claim_name("w_1")).unwrap();
         assert_eq!((k2, w.as_str()), (k.clone(), "w_1"));
-        for kind in [ArchiveKind::Task, ArchiveKind::Result, ArchiveKind::Stale, ArchiveKind::Log] {
+        for kind in [
+            ArchiveKind::Task,
+            ArchiveKind::Result,
+            ArchiveKind::Stale,
+            ArchiveKind::Log,
+        ] {
             assert_eq!(
                 AttemptKey::parse_archive_name(&k.goal, &k.archive_name(kind)),
                 Some((k.clone(), kind))
@@ -150,7 +155,15 @@ mod tests {
 
     #[test]
     fn refuses_odd_names() {
-        for bad in ["g.t.json", "g.t.01.json", "g.t.1.x.json", "g.t.-1.json", ".g.t.1.json", "g.t.1.json.tmp", "g/t.t.1.json"] {
+        for bad in [
+            "g.t.json",
+            "g.t.01.json",
+            "g.t.1.x.json",
+            "g.t.-1.json",
+            ".g.t.1.json",
+            "g.t.1.json.tmp",
+            "g/t.t.1.json",
+        ] {
             assert_eq!(AttemptKey::parse_file_name(bad), None, "{bad}");
         }
         assert!(AttemptKey::parse_claim_name("g.t.1.json").is_none());

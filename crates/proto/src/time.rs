@@ -45,7 +45,11 @@ impl Timestamp {
         humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
             .or_else(|_| humantime::parse_rfc3339(s))
             .map(Self::from_system)
-            .map_err(|e| format!("invalid timestamp {s:?}: {e} (expected RFC 3339, e.g. 2026-01-31T12:00:00Z)"))
+            .map_err(|e| {
+                format!(
+                    "invalid timestamp {s:?}: {e} (expected RFC 3339, e.g. 2026-01-31T12:00:00Z)"
+                )
+            })
     }
 }
 
@@ -132,7 +136,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
                     .map_err(|_| E::custom(format!("invalid duration {n}: must not be negative")))
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<HumanDuration, E> {
-                if n.is_finite() && n >= 0.0 && n < 1e12 {
+                if (0.0..1e12).contains(&n) {
                     Ok(HumanDuration(Duration::from_secs_f64(n)))
                 } else {
                     Err(E::custom(format!("invalid duration {n}")))
@@ -158,7 +162,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(HumanDuration::parse("5m").unwrap().0, Duration::from_secs(300));
+        assert_eq!(
+            HumanDuration::parse("5m").unwrap().0,
+            Duration::from_secs(300)
+        );
         let d: HumanDuration = serde_json::from_str("90").unwrap();
         assert_eq!(d.0, Duration::from_secs(90));
         let err = serde_json::from_str::<HumanDuration>("\"5 parsecs\"").unwrap_err();
