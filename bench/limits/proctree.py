@@ -252,6 +252,10 @@ def measure(roots, settle, window, interval, me):
             "sched_cpu_s": round(sum(p["sched_cpu_s"] for p in ps), 9),
             "wakeups": sum(p["wakeups"] for p in ps),
             "nonvoluntary": sum(p["nonvoluntary"] for p in ps),
+            # not in cpu_s: CPU of children reaped in the window, which holds
+            # children too short-lived to be sampled (and double-counts the
+            # last sample of those that were)
+            "reaped_children_cpu_s": round(sum(p["reaped_children_cpu_s"] for p in ps), 6),
         }
 
     init_keys = {k[0] for k in initial}

@@ -1,1 +1,14 @@
-//! stub
+//! Worker processes.
+//!
+//! Every worker runs in its own process group, so that stopping it stops
+//! everything it started: SIGTERM to the group, a grace period, then SIGKILL.
+//! A worker never outlives the daemon: it gets SIGKILL when the daemon's
+//! thread that started it dies (`PR_SET_PDEATHSIG`).
+
+mod backoff;
+mod process;
+mod user;
+
+pub use backoff::{Backoff, CrashWindow};
+pub use process::{Exit, ExitStatus, Running, Spec, StopReason, Stream, kill_group};
+pub use user::{Identity, resolve_identity};

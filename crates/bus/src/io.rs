@@ -1,0 +1,297 @@
+//! Atomic writes and safe reads.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+use workbus_proto::ParseError;
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name(dir: &Path, name: &str) -> PathBuf {
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `dir/name` so that no reader ever sees part of it:
+/// a temporary name in the same folder, write, (fsync), rename, (fsync of
+/// the folder). With `durable`, the file survives a power cut once this
+/// returns. On error nothing is left behind under either name.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let tmp = tmp_name(dir, name);
+    let result = (|| {
+        let mut f = create_new(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_data()?;
+        }
+        drop(f);
+        fs::rename(&tmp, dir.join(name))?;
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o660)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// fsync of a folder, so that a rename or creation in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Several files written at once, made durable with one pass of fsyncs at
+/// the end: the writes are done first, then each file's data and each folder
+/// once. Until [`WriteBatch::commit`] returns, none is promised durable, but
+/// each is always whole.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    files: Vec<(PathBuf, PathBuf)>,
+    durable: bool,
+}
+
+impl WriteBatch {
+    pub fn new(durable: bool) -> Self {
+        WriteBatch {
+            files: Vec::new(),
+            durable,
+        }
+    }
+
+    /// Writes `dir/name` atomically; durable at [`WriteBatch::commit`].
+    pub fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        write_atomic(dir, name, bytes, false)?;
+        if self.durable {
+            self.files.push((dir.to_path_buf(), dir.join(name)));
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Makes every file written so far durable.
+    pub fn commit(&mut self) -> io::Result<()> {
+        let mut dirs: Vec<&PathBuf> = Vec::new();
+        for (dir, path) in &self.files {
+            File::open(path)?.sync_data()?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for d in dirs {
+            sync_dir(d)?;
+        }
+        self.files.clear();
+        Ok(())
+    }
+}
+
+/// Why a bus file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("is a symbolic link (links are refused, never followed)")]
+    Symlink,
+    #[error("is not a regular file but a {0} (refused)")]
+    NotRegular(&'static str),
+    #[error("is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("vanished before it could be read")]
+    Vanished,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Parse(ParseError),
+}
+
+impl ReadError {
+    /// A transient condition worth trying again rather than rejecting for.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReadError::Io(e) => matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::EIO
+                        | libc::ENOMEM
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::EINTR
+                        | libc::EAGAIN
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes without following a link
+/// or blocking on a FIFO or device.
+pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path);
+    let mut f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Vanished),
+        // A socket cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(ReadError::NotRegular("socket"));
+        }
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let md = f.metadata()?;
+    let ft = md.file_type();
+    if !ft.is_file() {
+        return Err(ReadError::NotRegular(if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_dir() {
+            "folder"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "device"
+        } else {
+            "special file"
+        }));
+    }
+    if md.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    (&mut f).take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(buf)
+}
+
+/// Reads and parses a JSON record.
+pub fn read_json<T: DeserializeOwned>(path: &Path, limit: u64) -> Result<T, ReadError> {
+    let bytes = read_capped(path, limit)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ReadError::Parse(ParseError {
+            line: None,
+            column: None,
+            message: "not valid UTF-8".into(),
+        })
+    })?;
+    workbus_proto::parse::from_json(text).map_err(ReadError::Parse)
+}
+
+/// The names in a folder, skipping files in the making (see
+/// [`crate::is_temporary`]) and names that are not UTF-8.
+pub fn list(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name: &OsStr = &entry.file_name();
+        if let Ok(s) = std::str::from_utf8(name.as_bytes())
+            && !crate::is_temporary(s)
+        {
+            out.push(s.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a folder tree, ignoring a missing one.
+pub fn remove_dir_all_quiet(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn atomic_writes_leave_no_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        write_atomic(d.path(), "a.json", b"{}", true).unwrap();
+        write_atomic(d.path(), "a.json", b"{\"x\":1}", false).unwrap();
+        assert_eq!(fs::read(d.path().join("a.json")).unwrap(), b"{\"x\":1}");
+        assert_eq!(list(d.path()).unwrap(), vec!["a.json"]);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        let e = write_atomic(&d.path().join("missing"), "a", b"", true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn batches_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = WriteBatch::new(true);
+        b.write(d.path(), "a", b"1").unwrap();
+        b.write(d.path(), "b", b"2").unwrap();
+        b.commit().unwrap();
+        assert!(b.is_empty());
+        assert_eq!(list(d.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reads_refuse_links_fifos_and_big_files() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::write(outside.path(), b"secret").unwrap();
+        symlink(outside.path(), d.path().join("l.json")).unwrap();
+        assert!(matches!(
+            read_capped(&d.path().join("l.json"), 100),
+            Err(ReadError::Symlink)
+        ));
+        nix::unistd::mkfifo(
+            &d.path().join("f.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_capped(&d.path().join("f.json"), 100),
+            Err(ReadError::NotRegular("FIFO"))
+        ));
+        fs::write(d.path().join("big"), vec![b'x'; 101]).unwrap();
+        assert!(matches!(
+            read_capped(&d.path().join("big"), 100),
+            Err(ReadError::TooLarge { limit: 100 })
+        ));
+        assert_eq!(read_capped(&d.path().join("big"), 101).unwrap().len(), 101);
+        assert!(matches!(
+            read_capped(&d.path().join("nope"), 1),
+            Err(ReadError::Vanished)
+        ));
+        fs::create_dir(d.path().join("dir")).unwrap();
+        assert!(matches!(
+            read_capped(&d.path().join("dir"), 1),
+            Err(ReadError::NotRegular("folder"))
+        ));
+    }
+
+    #[test]
+    fn lists_skip_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["a.json", ".b.json", "c.json.tmp", ".d.tmp"] {
+            fs::write(d.path().join(n), b"").unwrap();
+        }
+        assert_eq!(list(d.path()).unwrap(), vec!["a.json"]);
+    }
+}

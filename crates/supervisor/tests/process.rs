@@ -1,0 +1,157 @@
+//! Real processes: output, stdin, stopping the whole group.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use workbus_supervisor::{ExitStatus, Spec, StopReason, Stream};
+
+fn sh(script: &str) -> Spec {
+    Spec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        stdout_cap: 1 << 20,
+        stderr_tail: 64,
+        ..Spec::default()
+    }
+}
+
+fn group_alive(pgid: u32) -> Vec<u32> {
+    let mut alive = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        // fields after comm: state ppid pgrp
+        if f[2].parse::<u32>().ok() == Some(pgid) && f[0] != "Z" {
+            alive.push(pid);
+        }
+    }
+    alive
+}
+
+#[tokio::test]
+async fn output_status_and_lines() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l2 = lines.clone();
+    let sink = Arc::new(move |s: Stream, b: &[u8]| {
+        l2.lock()
+            .unwrap()
+            .push((s, String::from_utf8_lossy(b).into_owned()))
+    });
+    let mut spec = sh("cat; echo; echo oops >&2; exit 3");
+    spec.stdin = Some(b"{\"task\":1}".to_vec());
+    let (_tx, rx) = oneshot::channel();
+    let exit = spec
+        .start()
+        .unwrap()
+        .wait(sink, rx, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(exit.status, ExitStatus::Code(3));
+    assert_eq!(exit.stdout, b"{\"task\":1}\n");
+    assert_eq!(exit.stderr_tail, "oops\n");
+    assert!(!exit.success());
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.contains(&(Stream::Stderr, "oops".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(Stream::Stdout, "{\"task\":1}".into())),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn caps_stdout_and_keeps_the_end_of_stderr() {
+    let mut spec = sh(
+        "head -c 5000 /dev/zero; i=0; while [ $i -lt 100 ]; do echo line$i >&2; i=$((i+1)); done",
+    );
+    spec.stdout_cap = 1000;
+    let (_tx, rx) = oneshot::channel();
+    let exit = spec
+        .start()
+        .unwrap()
+        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(exit.stdout.len(), 1000);
+    assert!(exit.stdout_overflow);
+    assert!(
+        exit.stderr_tail.ends_with("line99\n"),
+        "{}",
+        exit.stderr_tail
+    );
+    assert!(exit.stderr_tail.len() <= 64);
+}
+
+#[tokio::test]
+async fn stopping_kills_the_whole_group_even_when_it_ignores_sigterm() {
+    let spec = sh("trap '' TERM; sleep 1000 & sleep 1000 & (trap '' TERM; sleep 1000) & wait");
+    let running = spec.start().unwrap();
+    let pgid = running.pid;
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(running.wait(Arc::new(|_, _| {}), rx, Duration::from_millis(300)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while group_alive(pgid).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(StopReason("timed out after 1s".into())).unwrap();
+    let exit = task.await.unwrap().unwrap();
+    assert_eq!(
+        exit.status,
+        ExitStatus::Signal(9),
+        "SIGTERM was ignored, so SIGKILL"
+    );
+    assert_eq!(exit.stopped, Some(StopReason("timed out after 1s".into())));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = group_alive(pgid);
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "survivors in the group: {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_normal_exit_takes_stragglers_with_it() {
+    let spec = sh("sleep 1000 & echo started");
+    let running = spec.start().unwrap();
+    let pgid = running.pid;
+    let (_tx, rx) = oneshot::channel();
+    let exit = running
+        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(exit.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !group_alive(pgid).is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_missing_program_is_a_clear_error() {
+    let spec = Spec {
+        program: "/nonexistent/worker".into(),
+        ..Spec::default()
+    };
+    let e = spec.start().unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/worker"), "{e}");
+}
