@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/system/smoke.sh — proves the system-test harness (lib.sh) works on
 # this machine: boots systemd in a container and drives a small Type=notify
-# stand-in for workbusd with systemctl and journalctl.
+# stand-in for workbusd with apt, systemctl and journalctl.
 #
 #   sudo tests/system/smoke.sh        # exit 0 pass, 1 fail, 77 unsupported
 #
@@ -11,6 +11,10 @@
 # READY=1 around SIGHUP, STOPPING=1 on SIGTERM, structured journal fields
 # (GOAL=...), and it picks up goals that members of its group drop into
 # inbox/. SIGUSR1 makes it stop petting the watchdog (a "wedged loop").
+# It is packaged as a .deb on the host (hardened unit, sysusers.d,
+# tmpfiles.d, debhelper-like maintainer scripts), bind-mounted read-only
+# into the container and installed offline with
+# `apt-get install /mnt/share/x.deb` — the path the real package test takes.
 set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/system/lib.sh
@@ -39,21 +43,15 @@ step "container root filesystem"
 ensure_rootfs
 ok "$WB_ROOTFS"
 
-step "boot the container"
-# A read-only bind mount of a host dir, the way a .deb will be passed in.
-SHARE=$WB_RUN_DIR/share
-mkdir -p "$SHARE"
-echo "hello from the host" >"$SHARE/hello.txt"
-boot_container "wbsmoke-$$" --bind-ro="$SHARE":/mnt/share
-ok "is-system-running: $WB_CT_BOOT_STATE"
-assert_eq "$(in_container cat /mnt/share/hello.txt)" "hello from the host" "bind-mounted file"
-assert_eq "$(in_container hostname)" "wbsmoke-$$" "hostname inside"
-assert_match "$(in_container cat /etc/machine-id)" '^[0-9a-f]{32}$' "machine-id inside"
-assert_eq "$(in_container stat -fc %T /sys/fs/cgroup)" "cgroup2fs" "cgroup v2 inside the container"
-ok "bind mount, hostname, machine-id, cgroup2 inside"
+# ---------------------------------------------------------------------------
+step "build the stand-in .deb on the host"
+SHARE=$WB_RUN_DIR/share          # bind-mounted read-only at /mnt/share
+PKG=$WB_RUN_DIR/pkg
+mkdir -p "$SHARE" "$PKG/DEBIAN"
+# pkg_file PATH [MODE] < content
+pkg_file() { mkdir -p "$(dirname "$PKG$1")"; cat >"$PKG$1"; chmod "${2:-0644}" "$PKG$1"; }
 
-step "install the stand-in service (unit, sysusers.d, tmpfiles.d)"
-ct_write /usr/local/bin/wbstandin 0755 <<'PERL'
+pkg_file /usr/bin/wbstandin 0755 <<'PERL'
 #!/usr/bin/perl
 # Stand-in for workbusd: sd_notify + native journal protocol from the main PID.
 use strict;
@@ -89,7 +87,7 @@ my ($goals, $reloads) = (0, 0);
 sub status { "STATUS=ready: $goals goals, $reloads reloads" }
 
 print "wbstandin starting, pid $$\n";              # stdout -> journal too
-nap(0.3);                                           # "recovery"
+nap(0.5);                                           # "recovery"
 notify("READY=1", status());
 jlog("ready", EVENT => 'ready');
 while (!$term) {
@@ -119,16 +117,16 @@ jlog("stopping after $goals goals", EVENT => 'stop');
 exit 0;
 PERL
 
-UNIT=/usr/lib/systemd/system/wbstandin.service
-ct_write $UNIT <<'UNIT'
+UNIT=/lib/systemd/system/wbstandin.service   # where bookworm packages put units
+pkg_file $UNIT <<'UNIT'
 [Unit]
 Description=workbus stand-in daemon (harness smoke test)
-Documentation=file:/usr/local/bin/wbstandin
+Documentation=file:/usr/bin/wbstandin
 
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart=/usr/local/bin/wbstandin /var/lib/wbstandin/inbox
+ExecStart=/usr/bin/wbstandin /var/lib/wbstandin/inbox
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=200ms
@@ -136,8 +134,8 @@ WatchdogSec=2s
 TimeoutStartSec=15s
 TimeoutStopSec=10s
 StateDirectory=wbstandin
-# the hardening the real unit is specified to carry (SPEC §8), to prove it
-# works inside this container
+# the kind of hardening the real unit is specified to carry (SPEC §8), to
+# prove it works inside this container
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -162,18 +160,80 @@ UMask=0027
 [Install]
 WantedBy=multi-user.target
 UNIT
-ct_write /usr/lib/sysusers.d/wbstandin.conf <<'EOF'
+
+pkg_file /usr/lib/sysusers.d/wbstandin.conf <<'EOF'
 g wbstandin -
 EOF
-ct_write /usr/lib/tmpfiles.d/wbstandin.conf <<'EOF'
+pkg_file /usr/lib/tmpfiles.d/wbstandin.conf <<'EOF'
 d /var/lib/wbstandin 0755 root root -
 d /var/lib/wbstandin/inbox 2770 root wbstandin -
 EOF
-assert_ok "systemd-sysusers" in_container systemd-sysusers wbstandin.conf
-assert_ok "systemd-tmpfiles --create" in_container systemd-tmpfiles --create wbstandin.conf
-assert_eq "$(in_container stat -c '%a %U:%G' /var/lib/wbstandin/inbox)" "2770 root:wbstandin" "inbox mode/owner"
-assert_ok "daemon-reload" in_container systemctl daemon-reload
-ok "unit, group wbstandin, inbox 2770 root:wbstandin"
+pkg_file /DEBIAN/control <<'EOF'
+Package: wbstandin
+Version: 1.0
+Architecture: all
+Maintainer: workbus system tests <root@localhost>
+Depends: perl-base, systemd, adduser
+Section: admin
+Priority: optional
+Description: stand-in for workbusd (system-test harness smoke test)
+EOF
+# Cut-down versions of what dh_installsysusers / dh_installtmpfiles /
+# dh_installsystemd generate (a dh-built package starts the unit on install).
+pkg_file /DEBIAN/postinst 0755 <<'EOF'
+#!/bin/sh
+set -e
+if [ "$1" = configure ] || [ "$1" = abort-upgrade ]; then
+    systemd-sysusers wbstandin.conf
+    systemd-tmpfiles --create wbstandin.conf
+    deb-systemd-helper unmask wbstandin.service >/dev/null || true
+    deb-systemd-helper enable wbstandin.service >/dev/null || true
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        deb-systemd-invoke restart wbstandin.service >/dev/null || true
+    fi
+fi
+EOF
+pkg_file /DEBIAN/prerm 0755 <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    deb-systemd-invoke stop wbstandin.service >/dev/null || true
+fi
+EOF
+pkg_file /DEBIAN/postrm 0755 <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+if [ "$1" = purge ]; then deb-systemd-helper purge wbstandin.service >/dev/null || true; fi
+EOF
+DEB=$SHARE/wbstandin_1.0_all.deb
+assert_ok "dpkg-deb --build" dpkg-deb --root-owner-group -Zgzip --build "$PKG" "$DEB"
+ok "$(dpkg-deb -f "$DEB" Package Version | paste -sd' ') ($(stat -c %s "$DEB") bytes)"
+
+# ---------------------------------------------------------------------------
+step "boot the container"
+echo "hello from the host" >"$SHARE/hello.txt"
+boot_container "wbsmoke-$$" --bind-ro="$SHARE":/mnt/share
+ok "is-system-running: $WB_CT_BOOT_STATE"
+assert_eq "$(in_container cat /mnt/share/hello.txt)" "hello from the host" "bind-mounted file"
+assert_eq "$(in_container hostname)" "wbsmoke-$$" "hostname inside"
+assert_match "$(in_container cat /etc/machine-id)" '^[0-9a-f]{32}$' "machine-id inside"
+assert_eq "$(in_container stat -fc %T /sys/fs/cgroup)" "cgroup2fs" "cgroup v2 inside the container"
+assert_eq "$(in_container sh -c 'ls /sys/class/net | sort | paste -sd" "')" "lo" "network interfaces inside"
+ok "bind mount, hostname, machine-id, cgroup2, private network (lo only)"
+
+step "install the .deb offline (apt-get install /mnt/share/...)"
+t=$EPOCHREALTIME
+assert_ok "apt-get install $DEB" \
+  in_container env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /mnt/share/"${DEB##*/}"
+ok "installed in $(wb__since "$t")s (postinst: sysusers, tmpfiles, enable, start)"
+assert_eq "$(in_container dpkg-query -W -f='${Status}' wbstandin)" "install ok installed" "dpkg status"
+assert_eq "$(in_container getent group wbstandin | cut -d: -f1)" "wbstandin" "group from sysusers.d"
+assert_eq "$(in_container stat -c '%a %U:%G' /var/lib/wbstandin/inbox)" "2770 root:wbstandin" "inbox mode/owner (tmpfiles.d)"
+assert_eq "$(in_container systemctl is-enabled wbstandin.service)" "enabled" "is-enabled"
+assert_eq "$(ct_prop wbstandin.service ActiveState)" "active" "ActiveState right after install"
+ok "group wbstandin, inbox 2770 root:wbstandin, unit enabled and started by postinst"
 
 step "systemd-analyze verify"
 assert_ok "systemd-analyze verify $UNIT" in_container systemd-analyze verify $UNIT
@@ -181,10 +241,14 @@ assert_ok "systemd-analyze verify $UNIT" in_container systemd-analyze verify $UN
 $WB_OUT"
 ok "no warnings"
 
-step "start (Type=notify)"
+step "stop + start (Type=notify: start returns only after READY=1)"
+assert_ok "systemctl stop" in_container systemctl stop wbstandin.service
 t=$EPOCHREALTIME
 assert_ok "systemctl start" in_container systemctl start wbstandin.service
-ok "systemctl start returned after READY=1 in $(wb__since "$t")s"
+el=$(wb__since "$t")
+# the stand-in sleeps 0.5 s before READY=1
+[[ ${el/./} -ge 5 ]] || fail "systemctl start returned after ${el}s, before the 0.5 s the daemon takes to send READY=1"
+ok "systemctl start returned after READY=1 in ${el}s"
 show=$(in_container systemctl show -p ActiveState,SubState,StatusText,MainPID,NRestarts wbstandin.service)
 printf '%s\n' "$show" | sed 's/^/      /' >&2
 assert_contains "$show" "ActiveState=active" "systemctl show"
@@ -196,14 +260,14 @@ assert_eq "$(in_container cat /proc/"$pid1"/comm)" "wbstandin" "comm of MainPID"
 st=$(in_container cat /proc/"$pid1"/status)
 assert_match "$st" $'NoNewPrivs:\t1' "NoNewPrivileges= in effect"
 assert_match "$st" $'Seccomp:\t2' "SystemCallFilter= in effect"
-assert_match "$(in_container awk '$5 == "/usr" || $5 == "/" {print $6}' /proc/"$pid1"/mountinfo | sort -u)" '^ro' "ProtectSystem=strict: / read-only for the service"
+assert_match "$(in_container awk '$5 == "/" {print $6}' /proc/"$pid1"/mountinfo)" '^ro' "ProtectSystem=strict: / read-only for the service"
 ok "active/running, MainPID $pid1; sandboxing applied (NoNewPrivs, seccomp, read-only /)"
 
 step "journal"
 wait_until 10 "stdout line of wbstandin in the journal" \
   journal_has "wbstandin starting, pid $pid1" -u wbstandin.service
 wait_until 10 "native-protocol line of wbstandin in the journal" \
-  journal_has "ready" -u wbstandin.service EVENT=ready
+  journal_has "ready" -u wbstandin.service EVENT=ready _PID="$pid1"
 ok "stdout line and native-protocol line are under -u wbstandin"
 
 step "user in group drops a goal (runuser)"
@@ -220,10 +284,10 @@ wait_until 10 "journalctl -u wbstandin GOAL=release-notes" \
   journal_has "picked up goal release-notes" -u wbstandin.service GOAL=release-notes
 wait_until 5 "StatusText counts the goal" \
   prop_is wbstandin.service StatusText "ready: 1 goals, 0 reloads"
-ok "alice (group wbstandin) can drop goals, bob cannot; journalctl GOAL= match works"
 v=$(ct_journal -u wbstandin.service GOAL=release-notes -o verbose)
 assert_contains "$v" "_SYSTEMD_UNIT=wbstandin.service" "journal entry attribution"
 assert_contains "$v" "_PID=$pid1" "journal entry _PID"
+ok "alice (group wbstandin) can drop goals, bob cannot; journalctl -u ... GOAL= works"
 
 step "reload (RELOADING=1 ... READY=1)"
 assert_ok "systemctl reload" in_container systemctl reload wbstandin.service
@@ -256,11 +320,18 @@ ok "watchdog fired and the unit came back after $(wb__since "$t")s: MainPID $pid
 
 step "stop"
 assert_ok "systemctl stop" in_container systemctl stop wbstandin.service
-show=$(in_container systemctl show -p ActiveState,Result,ExecMainStatus,ExecMainCode wbstandin.service)
+show=$(in_container systemctl show -p ActiveState,Result,ExecMainStatus wbstandin.service)
 assert_contains "$show" "ActiveState=inactive" "after stop"
 assert_contains "$show" "Result=success" "after stop"
 assert_contains "$show" "ExecMainStatus=0" "exit status after SIGTERM"
 ok "inactive, exited 0"
+
+step "remove the package"
+assert_ok "systemctl start" in_container systemctl start wbstandin.service
+assert_ok "apt-get remove" in_container env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q wbstandin
+assert_eq "$(ct_prop wbstandin.service ActiveState)" "inactive" "ActiveState after remove (prerm stops it)"
+assert_eq "$(ct_prop wbstandin.service LoadState)" "not-found" "LoadState after remove"
+ok "prerm stopped it, unit gone"
 
 step "shut the container down"
 stop_container
