@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted $ are for the shell/awk inside the container
 # tests/system/smoke.sh — proves the system-test harness (lib.sh) works on
 # this machine: boots systemd in a container and drives a small Type=notify
 # stand-in for workbusd with apt, systemctl and journalctl.
@@ -17,7 +18,7 @@
 # `apt-get install /mnt/share/x.deb` — the path the real package test takes.
 set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=tests/system/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HERE/lib.sh"
 
 # journal_has TEXT JOURNALCTL-ARGS... — some message (-o cat) contains TEXT.
@@ -225,8 +226,7 @@ ok "bind mount, hostname, machine-id, cgroup2, private network (lo only)"
 
 step "install the .deb offline (apt-get install /mnt/share/...)"
 t=$EPOCHREALTIME
-assert_ok "apt-get install $DEB" \
-  in_container env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /mnt/share/"${DEB##*/}"
+assert_ok "apt-get install /mnt/share/${DEB##*/}" ct_apt install /mnt/share/"${DEB##*/}"
 ok "installed in $(wb__since "$t")s (postinst: sysusers, tmpfiles, enable, start)"
 assert_eq "$(in_container dpkg-query -W -f='${Status}' wbstandin)" "install ok installed" "dpkg status"
 assert_eq "$(in_container getent group wbstandin | cut -d: -f1)" "wbstandin" "group from sysusers.d"
@@ -273,13 +273,14 @@ ok "stdout line and native-protocol line are under -u wbstandin"
 step "user in group drops a goal (runuser)"
 assert_ok "useradd alice" in_container useradd --create-home --groups wbstandin alice
 assert_ok "useradd bob" in_container useradd --create-home bob
-assert_contains "$(in_container runuser -u alice -- id -nG)" "wbstandin" "alice's groups"
-assert_eq "$(in_container runuser -u alice -- id -un)" "alice" "runuser identity"
+assert_contains "$(ct_as alice id -nG)" "wbstandin" "alice's groups"
+assert_eq "$(ct_as alice id -un)" "alice" "runuser identity"
+assert_eq "$(in_container su -s /bin/sh -c 'id -un' alice)" "alice" "su identity"
 assert_fails "bob (not in group) writes to inbox" \
-  in_container runuser -u bob -- sh -c 'echo x > /var/lib/wbstandin/inbox/intruder.goal'
+  ct_as bob sh -c 'echo x > /var/lib/wbstandin/inbox/intruder.goal'
 assert_contains "$WB_OUT" "Permission denied" "bob's error"
 assert_ok "alice writes a goal" \
-  in_container runuser -u alice -- sh -c 'echo "summarise" > /var/lib/wbstandin/inbox/release-notes.goal'
+  ct_as alice sh -c 'echo "summarise" > /var/lib/wbstandin/inbox/release-notes.goal'
 wait_until 10 "journalctl -u wbstandin GOAL=release-notes" \
   journal_has "picked up goal release-notes" -u wbstandin.service GOAL=release-notes
 wait_until 5 "StatusText counts the goal" \
@@ -318,6 +319,17 @@ assert_contains "$j" "wedged: no longer petting the watchdog" "journal"
 assert_contains "$j" "Watchdog timeout" "journal (systemd's message)"
 ok "watchdog fired and the unit came back after $(wb__since "$t")s: MainPID $pid2 -> $pid3"
 
+step "watchdog also catches a frozen main process (SIGSTOP, no test hook needed)"
+t=$EPOCHREALTIME
+assert_ok "send SIGSTOP" in_container systemctl kill --kill-who=main --signal=SIGSTOP wbstandin.service
+wait_until 20 "watchdog restart (NRestarts=2)" prop_is wbstandin.service NRestarts 2
+wait_until 10 "restarted unit is active again" prop_is wbstandin.service ActiveState active
+pid4=$(ct_prop wbstandin.service MainPID)
+assert_ne "$pid4" "$pid3" "MainPID after the second watchdog restart"
+j=$(ct_journal -u wbstandin.service -o cat)
+assert_contains "$j" "Main process exited, code=killed, status=6/ABRT" "journal (SIGABRT from the watchdog)"
+ok "frozen process aborted by the watchdog and restarted after $(wb__since "$t")s: MainPID $pid3 -> $pid4"
+
 step "stop"
 assert_ok "systemctl stop" in_container systemctl stop wbstandin.service
 show=$(in_container systemctl show -p ActiveState,Result,ExecMainStatus wbstandin.service)
@@ -328,7 +340,7 @@ ok "inactive, exited 0"
 
 step "remove the package"
 assert_ok "systemctl start" in_container systemctl start wbstandin.service
-assert_ok "apt-get remove" in_container env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q wbstandin
+assert_ok "apt-get remove" ct_apt remove wbstandin
 assert_eq "$(ct_prop wbstandin.service ActiveState)" "inactive" "ActiveState after remove (prerm stops it)"
 assert_eq "$(ct_prop wbstandin.service LoadState)" "not-found" "LoadState after remove"
 ok "prerm stopped it, unit gone"

@@ -1,0 +1,696 @@
+//! The event loop: one owner of all state, one channel of events.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use workbus_bus::{Bus, Folder};
+use workbus_engine::{Effect, Engine, Input, Level, Note};
+use workbus_proto::config::DaemonConfig;
+use workbus_proto::names::{ArchiveKind, AttemptKey};
+use workbus_proto::task::TaskRecord;
+use workbus_proto::{Id, Timestamp};
+
+use crate::Options;
+use crate::event::{Event, Signal};
+use crate::fleet::{FleetState, load_fleet_file};
+use crate::lock::InstanceLock;
+use crate::pending::{Op, Pending};
+use crate::spawn::SpawnHandle;
+use crate::status::Metrics;
+use crate::systemd::Notifier;
+use crate::watch::{self, FsWatcher, Poller, WatchChoice};
+
+/// The daemon and everything it owns.
+pub struct Daemon {
+    pub(crate) opts: Options,
+    pub(crate) cfg: DaemonConfig,
+    pub(crate) bus: Bus,
+    pub(crate) engine: Engine,
+    pub(crate) fleet: FleetState,
+    pub(crate) tx: UnboundedSender<Event>,
+    rx: UnboundedReceiver<Event>,
+    _lock: InstanceLock,
+    watcher: Option<FsWatcher>,
+    pub(crate) watch: WatchChoice,
+    poller: Option<(Poller, Instant)>,
+    pub(crate) notifier: Notifier,
+    pub(crate) started_at: Timestamp,
+    /// Folders to rescan before the loop sleeps again.
+    dirty: BTreeSet<Folder>,
+    /// Folders to rescan later (after a transient error).
+    rescan_at: Option<(Instant, BTreeSet<Folder>)>,
+    next_safety_rescan: Instant,
+    /// `claimed/` names seen, and the claim name of each attempt.
+    pub(crate) claims_seen: HashSet<String>,
+    pub(crate) claim_names: HashMap<AttemptKey, String>,
+    /// Results read but not yet moved out of `results/` (a failed move).
+    pub(crate) results_held: HashSet<String>,
+    /// Spawned processes in flight.
+    pub(crate) spawns: HashMap<AttemptKey, SpawnHandle>,
+    pub(crate) pending: Pending,
+    /// `archive/<goal>/` folders known to exist.
+    archive_dirs: HashSet<Id>,
+    status_dirty: bool,
+    last_status: Option<Instant>,
+    fleet_reload_at: Option<Instant>,
+    /// The fleet file's mtime as last seen by the poller.
+    fleet_mtime: Option<Option<std::time::SystemTime>>,
+    /// Set once a stop was asked for: the drain deadline.
+    pub(crate) stopping: Option<Instant>,
+    pub(crate) metrics: Metrics,
+    pub(crate) last_prune: Option<Instant>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("root", &self.bus.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Prepares the bus, takes the lock, loads the fleet, starts watching,
+    /// recovers what the bus holds and ingests the inbox. When this returns
+    /// the daemon is ready.
+    pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
+        let cfg = opts.config.clone();
+        // Files the daemon creates are private to the bus's group.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
+        let bus = Bus::create(&cfg.root)
+            .with_context(|| format!("preparing the bus folder {}", cfg.root.display()))?;
+        let lock = InstanceLock::acquire(&bus.lock_path())?;
+        let fleet = load_fleet_file(&cfg.fleet)?;
+        let (tx, rx) = unbounded_channel();
+        let engine = Engine::new(workbus_engine::Config::from_daemon(&cfg));
+        let watch_choice = watch::choose(cfg.watch, &cfg.root);
+        let mut daemon = Daemon {
+            fleet: FleetState::new(fleet, &cfg),
+            cfg: cfg.clone(),
+            bus,
+            engine,
+            tx,
+            rx,
+            _lock: lock,
+            watcher: None,
+            watch: watch_choice,
+            poller: None,
+            notifier: Notifier::from_env(),
+            started_at: Timestamp::now(),
+            dirty: BTreeSet::new(),
+            rescan_at: None,
+            next_safety_rescan: Instant::now() + cfg.rescan_interval.0,
+            claims_seen: HashSet::new(),
+            claim_names: HashMap::new(),
+            results_held: HashSet::new(),
+            spawns: HashMap::new(),
+            pending: Pending::default(),
+            archive_dirs: HashSet::new(),
+            status_dirty: true,
+            last_status: None,
+            fleet_reload_at: None,
+            fleet_mtime: None,
+            stopping: None,
+            metrics: Metrics::default(),
+            last_prune: None,
+            opts,
+        };
+        daemon.start_watching();
+        daemon.install_signals()?;
+        tracing::info!(
+            root = %daemon.cfg.root.display(),
+            fleet = %daemon.cfg.fleet.display(),
+            "workbusd {} starting; watching by {}: {}",
+            env!("CARGO_PKG_VERSION"),
+            if daemon.watch.poll { "polling" } else { "inotify" },
+            daemon.watch.reason
+        );
+        // Workers first, so that recovered tasks see who offers what.
+        daemon.fleet_changed();
+        daemon.scan_workers();
+        daemon.recover();
+        for f in [
+            Folder::Claimed,
+            Folder::Results,
+            Folder::Control,
+            Folder::Inbox,
+        ] {
+            daemon.dirty.insert(f);
+        }
+        daemon.rescan_dirty();
+        daemon.supervise_residents();
+        daemon.prune_archive();
+        daemon.write_status();
+        let status = daemon.status_line();
+        daemon.notifier.ready(&status);
+        tracing::info!("ready: {status}");
+        Ok(daemon)
+    }
+
+    fn start_watching(&mut self) {
+        if !self.watch.poll {
+            match FsWatcher::start(&self.bus, Some(&self.cfg.fleet), self.tx.clone()) {
+                Ok(w) => self.watcher = Some(w),
+                Err(e) => {
+                    tracing::warn!("inotify is not usable ({e}); falling back to polling");
+                    self.watch = WatchChoice {
+                        poll: true,
+                        reason: format!("inotify failed ({e}); polling instead"),
+                    };
+                }
+            }
+        }
+        if self.watch.poll {
+            let p = Poller::new(self.cfg.poll_min.0, self.cfg.poll_max.0);
+            self.poller = Some((p, Instant::now() + self.cfg.poll_min.0));
+        }
+    }
+
+    fn install_signals(&self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        for (kind, sig) in [
+            (SignalKind::terminate(), Signal::Stop),
+            (SignalKind::interrupt(), Signal::Stop),
+            (SignalKind::hangup(), Signal::Reload),
+        ] {
+            let mut s = signal(kind).context("installing signal handlers")?;
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(Event::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs until stopped: by SIGTERM/SIGINT, or when `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut shutdown_done = false;
+        loop {
+            let wake = self.next_wake();
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                () = sleep => {}
+                () = &mut shutdown, if !shutdown_done => {
+                    shutdown_done = true;
+                    self.begin_stop("asked to stop");
+                }
+            }
+            while let Ok(ev) = self.rx.try_recv() {
+                self.on_event(ev);
+            }
+            self.on_timers();
+            self.rescan_dirty();
+            self.notifier.pet();
+            if self.stopping.is_some() && self.stop_done() {
+                break;
+            }
+        }
+        self.finish_stop();
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let now_ts = Timestamp::now();
+        let now = Instant::now();
+        let engine = self.engine.next_deadline().map(|t| now + t.since(now_ts));
+        let status = if self.status_dirty {
+            Some(
+                self.last_status
+                    .map_or(now, |l| l + self.cfg.status_interval.0),
+            )
+        } else {
+            None
+        };
+        [
+            engine,
+            status,
+            self.poller.as_ref().map(|(_, at)| *at),
+            self.pending.next_try(),
+            self.rescan_at.as_ref().map(|(at, _)| *at),
+            self.fleet_reload_at,
+            self.fleet.next_wake(),
+            self.notifier.next_ping(),
+            self.stopping,
+            // The safety rescan only matters while there is work to miss.
+            (self.engine.goals_in_flight() > 0).then_some(self.next_safety_rescan),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Folder(f) => {
+                self.dirty.insert(f);
+            }
+            Event::Rescan(why) => {
+                tracing::warn!("rescanning every folder: {why}");
+                self.dirty.extend(watch::WATCHED);
+            }
+            Event::WatchError(e) => {
+                tracing::warn!("watch error: {e}; rescanning every folder");
+                self.dirty.extend(watch::WATCHED);
+            }
+            Event::FleetFile => {
+                // Editors write in several steps: wait for the last one.
+                self.fleet_reload_at = Some(Instant::now() + Duration::from_millis(100));
+            }
+            Event::SpawnExited { key, worker, exit } => self.on_spawn_exit(key, worker, exit),
+            Event::ResidentExited {
+                worker,
+                generation,
+                exit,
+            } => self.on_resident_exit(worker, generation, exit),
+            Event::Signal(Signal::Stop) => self.begin_stop("SIGTERM"),
+            Event::Signal(Signal::Reload) => self.reload("SIGHUP"),
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self
+            .engine
+            .next_deadline()
+            .is_some_and(|d| d <= Timestamp::now())
+        {
+            self.feed(Input::Tick);
+        }
+        if self.pending.next_try().is_some_and(|t| t <= now) {
+            for (worker, record) in self.pending.retry() {
+                self.start_spawn(worker, record);
+            }
+        }
+        if let Some((at, _)) = &self.rescan_at
+            && *at <= now
+            && let Some((_, folders)) = self.rescan_at.take()
+        {
+            self.dirty.extend(folders);
+        }
+        if let Some((_, at)) = &self.poller
+            && *at <= now
+        {
+            self.dirty.extend(watch::WATCHED);
+            self.check_fleet_mtime();
+        }
+        if self.fleet_reload_at.is_some_and(|t| t <= now) {
+            self.fleet_reload_at = None;
+            self.reload_fleet("the fleet file changed");
+        }
+        if self.engine.goals_in_flight() > 0 && self.next_safety_rescan <= now {
+            self.dirty.extend(watch::WATCHED);
+        }
+        if self.fleet.next_wake().is_some_and(|t| t <= now) {
+            self.supervise_residents();
+        }
+        if self.status_dirty
+            && self
+                .last_status
+                .is_none_or(|l| l + self.cfg.status_interval.0 <= now)
+        {
+            self.write_status();
+        }
+    }
+
+    /// Scans every folder marked dirty (coalesced: one scan per folder,
+    /// however many events named it).
+    pub(crate) fn rescan_dirty(&mut self) {
+        let polled = self
+            .poller
+            .as_ref()
+            .is_some_and(|(_, at)| *at <= Instant::now());
+        let all = self.dirty.len() == watch::WATCHED.len();
+        let mut activity = false;
+        while let Some(f) = self.dirty.pop_first() {
+            activity |= match f {
+                Folder::Inbox => self.scan_inbox(),
+                Folder::Claimed => self.scan_claimed(),
+                Folder::Results => self.scan_results(),
+                Folder::Workers => self.scan_workers(),
+                Folder::Control => self.scan_control(),
+                _ => false,
+            };
+        }
+        if all {
+            self.next_safety_rescan = Instant::now() + self.cfg.rescan_interval.0;
+        }
+        if let Some((p, at)) = &mut self.poller {
+            let busy = activity || self.engine.goals_in_flight() > 0;
+            if polled {
+                *at = Instant::now() + p.after_poll(busy);
+            } else if activity {
+                *at = (*at).min(Instant::now() + p.reset());
+            }
+        }
+    }
+
+    /// Rescans `folder` after `delay` (a transient error).
+    pub(crate) fn rescan_later(&mut self, folder: Folder, delay: Duration) {
+        let at = Instant::now() + delay;
+        match &mut self.rescan_at {
+            Some((t, set)) => {
+                *t = (*t).min(at);
+                set.insert(folder);
+            }
+            None => self.rescan_at = Some((at, BTreeSet::from([folder]))),
+        }
+    }
+
+    // ----- engine --------------------------------------------------------
+
+    /// Hands one input to the engine and carries out its effects.
+    pub(crate) fn feed(&mut self, input: Input) {
+        let effects = self.engine.handle(Timestamp::now(), input);
+        if !effects.is_empty() {
+            self.status_dirty = true;
+        }
+        self.apply(effects);
+    }
+
+    pub(crate) fn apply(&mut self, effects: Vec<Effect>) {
+        let mut dispatches = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Publish(record) => self.publish(&record),
+                Effect::Dispatch { worker, record } => dispatches.push((worker, record)),
+                Effect::Kill { key, reason } => self.kill_spawn(&key, &reason),
+                Effect::WriteResult { key, record } => {
+                    self.ensure_archive_dir(&key.goal);
+                    let bytes = json_bytes(&record);
+                    let dir = self.bus.archive_dir(&key.goal);
+                    self.pending.write(
+                        &dir,
+                        &key.archive_name(ArchiveKind::Result),
+                        bytes,
+                        self.cfg.fsync,
+                    );
+                }
+                Effect::Archive { key } => self.archive_attempt(&key),
+                Effect::Stale { key, reason: _ } => {
+                    self.metrics.stale_results += 1;
+                    self.archive_result(&key, true);
+                }
+                Effect::Finished(report) => self.goal_finished(*report),
+                Effect::Note(n) => log_note(&n),
+            }
+        }
+        // Publish every task first, then claim: a batch of releases reaches
+        // the bus (and resident workers) before spawning begins.
+        for (worker, record) in dispatches {
+            if self.pending.holds(
+                &AttemptKey::new(record.goal.clone(), record.task.clone(), record.attempt)
+                    .file_name(),
+            ) {
+                self.pending.push(Op::Dispatch { worker, record });
+            } else {
+                self.start_spawn(worker, record);
+            }
+        }
+    }
+
+    fn publish(&mut self, record: &TaskRecord) {
+        let key = AttemptKey::new(record.goal.clone(), record.task.clone(), record.attempt);
+        // A task record is derived state: recovery rebuilds it from the
+        // accepted goal and the results, so it is not fsynced.
+        let dir = self.bus.dir(Folder::Tasks);
+        self.pending
+            .write(&dir, &key.file_name(), json_bytes(record), false);
+    }
+
+    pub(crate) fn ensure_archive_dir(&mut self, goal: &Id) {
+        if self.archive_dirs.contains(goal) {
+            return;
+        }
+        let dir = self.bus.archive_dir(goal);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::error!(path = %dir.display(), "cannot create the goal's archive folder: {e}");
+                return;
+            }
+        }
+        self.archive_dirs.insert(goal.clone());
+    }
+
+    /// Moves an attempt's files out of the hot folders.
+    fn archive_attempt(&mut self, key: &AttemptKey) {
+        self.ensure_archive_dir(&key.goal);
+        let task_dst = self.bus.archive_path(key, ArchiveKind::Task);
+        let _ = rename_if_there(&self.bus.task_path(key), &task_dst);
+        if let Some(name) = self.claim_names.remove(key) {
+            self.claims_seen.remove(&name);
+            let _ = rename_if_there(&self.bus.path(Folder::Claimed, &name), &task_dst);
+        }
+        self.archive_result(key, false);
+    }
+
+    /// Moves `results/<key>` into the archive; as stale when asked or when
+    /// the attempt already has its result there.
+    fn archive_result(&mut self, key: &AttemptKey, stale: bool) {
+        let name = key.file_name();
+        let src = self.bus.result_path(key);
+        let kind = if stale {
+            ArchiveKind::Stale
+        } else {
+            ArchiveKind::Result
+        };
+        self.ensure_archive_dir(&key.goal);
+        let dst = self.bus.archive_path(key, kind);
+        let moved = match rename_noreplace(&src, &dst) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                rename_noreplace(&src, &self.bus.archive_path(key, ArchiveKind::Stale))
+                    .or_else(|_| std::fs::remove_file(&src))
+            }
+            r => r,
+        };
+        match moved {
+            Ok(()) => {
+                self.results_held.remove(&name);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.results_held.remove(&name);
+            }
+            Err(e) => {
+                tracing::error!(path = %src.display(), "cannot move a result into the archive: {e}");
+                self.results_held.insert(name);
+            }
+        }
+    }
+
+    fn goal_finished(&mut self, report: workbus_proto::report::Report) {
+        let goal = report.goal.clone();
+        let bytes = json_bytes(&report);
+        self.metrics.goal_finished(report.outcome);
+        let dir = self.bus.dir(Folder::Reports);
+        self.pending
+            .write(&dir, &format!("{goal}.json"), bytes, self.cfg.fsync);
+        // Sweep what the engine did not name: claims of attempts it never saw
+        // claimed, results that raced the end.
+        let leftovers: Vec<AttemptKey> = self
+            .claim_names
+            .keys()
+            .filter(|k| k.goal == goal)
+            .cloned()
+            .collect();
+        for key in leftovers {
+            self.archive_attempt(&key);
+        }
+        self.archive_dirs.remove(&goal);
+        self.status_dirty = true;
+        if self.engine.goals_in_flight() == 0 {
+            self.prune_archive();
+        }
+    }
+
+    // ----- stopping ------------------------------------------------------
+
+    fn begin_stop(&mut self, why: &str) {
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!(
+            "stopping ({why}): no new claims; waiting up to {} for {} running task(s)",
+            self.cfg.drain_timeout,
+            self.spawns.len()
+        );
+        self.notifier.stopping();
+        self.stopping = Some(Instant::now() + self.cfg.drain_timeout.0);
+        self.feed(Input::Drain);
+        self.stop_residents("the daemon is stopping");
+        self.status_dirty = true;
+    }
+
+    /// Whether the drain is over; past the drain timeout, stops what runs.
+    fn stop_done(&mut self) -> bool {
+        let residents = self.fleet.workers.values().any(|w| w.process.is_some());
+        if self.spawns.is_empty() && !residents {
+            return true;
+        }
+        if self.stopping.is_some_and(|d| d <= Instant::now()) {
+            let keys: Vec<AttemptKey> = self.spawns.keys().cloned().collect();
+            if !keys.is_empty() {
+                tracing::warn!(
+                    "drain timeout: stopping {} running task(s); they run again after a restart",
+                    keys.len()
+                );
+            }
+            for key in keys {
+                self.kill_spawn(&key, "the daemon is stopping (drain timeout)");
+            }
+            self.kill_residents();
+            // Processes get kill_grace to go; then the loop ends regardless.
+            self.stopping = Some(Instant::now() + self.cfg.kill_grace.0 + Duration::from_secs(1));
+            if self.spawns.values().all(|s| s.stop.is_none())
+                && self
+                    .fleet
+                    .workers
+                    .values()
+                    .all(|w| w.process.as_ref().is_none_or(|p| p.stop.is_none()))
+            {
+                return self.spawns.is_empty() && !residents;
+            }
+        }
+        false
+    }
+
+    fn finish_stop(&mut self) {
+        if self.pending.next_try().is_some() {
+            let _ = self.pending.retry();
+        }
+        if !self.pending.is_empty() {
+            tracing::error!(
+                "{} write(s) could not be done before stopping; they are redone after a restart",
+                self.pending.len()
+            );
+        }
+        self.write_status();
+        tracing::info!("stopped");
+    }
+
+    // ----- reloads -------------------------------------------------------
+
+    fn reload(&mut self, why: &str) {
+        self.notifier.reloading();
+        if let Some(path) = self.opts.config_file.clone() {
+            match crate::cli::load_config(Some(&path)) {
+                Ok((mut c, _)) => {
+                    // The bus and fleet paths cannot move under a running daemon.
+                    c.root = self.cfg.root.clone();
+                    c.fleet = self.cfg.fleet.clone();
+                    if c != self.cfg {
+                        tracing::info!("configuration reloaded from {}", path.display());
+                        self.cfg = c.clone();
+                        self.opts.config = c;
+                    }
+                }
+                Err(e) => tracing::error!("configuration not reloaded, the old one stays: {e:#}"),
+            }
+        }
+        self.reload_fleet(why);
+        let status = self.status_line();
+        self.notifier.ready(&status);
+    }
+
+    fn check_fleet_mtime(&mut self) {
+        let m = std::fs::metadata(&self.cfg.fleet)
+            .and_then(|m| m.modified())
+            .ok();
+        if self.fleet_mtime.is_none() {
+            self.fleet_mtime = Some(m);
+        } else if self.fleet_mtime != Some(m) {
+            self.fleet_mtime = Some(m);
+            self.fleet_reload_at = Some(Instant::now());
+        }
+    }
+
+    pub(crate) fn mark_status_written(&mut self, at: Instant) {
+        self.status_dirty = false;
+        self.last_status = Some(at);
+    }
+
+    pub(crate) fn root(&self) -> PathBuf {
+        self.bus.root().to_path_buf()
+    }
+}
+
+/// `rename`, where a missing source is fine.
+fn rename_if_there(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// `rename` that fails with EEXIST rather than replace.
+pub(crate) fn rename_noreplace(
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> std::io::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
+}
+
+pub(crate) fn json_bytes<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+/// Logs an engine note with the fields journald indexes.
+pub(crate) fn log_note(n: &Note) {
+    let goal = n.goal.as_ref().map(|g| g.as_str());
+    let task = n.task.as_ref().map(|g| g.as_str());
+    let worker = n.worker.as_ref().map(|g| g.as_str());
+    let prefix = match (&n.goal, &n.task, n.attempt) {
+        (Some(g), Some(t), Some(a)) => format!("{g}.{t}.{a}: "),
+        (Some(g), Some(t), None) => format!("{g}.{t}: "),
+        (Some(g), None, _) => format!("{g}: "),
+        (None, _, _) => match &n.worker {
+            Some(w) => format!("worker {w}: "),
+            None => String::new(),
+        },
+    };
+    match n.level {
+        Level::Info => tracing::info!(
+            GOAL = goal,
+            TASK = task,
+            ATTEMPT = n.attempt,
+            WORKER = worker,
+            "{prefix}{}",
+            n.message
+        ),
+        Level::Warn => tracing::warn!(
+            GOAL = goal,
+            TASK = task,
+            ATTEMPT = n.attempt,
+            WORKER = worker,
+            "{prefix}{}",
+            n.message
+        ),
+    }
+}

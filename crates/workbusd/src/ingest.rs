@@ -1,0 +1,238 @@
+//! The inbox: goal files in, accepted goals (or rejections) out. Nothing
+//! dropped here is ever silently lost: it becomes `goals/<id>.json` (its
+//! text kept in the archive) or lands in `rejected/` with an error file.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use workbus_bus::{Folder, ReadError, read_capped};
+use workbus_engine::{GoalError, Input, validate};
+use workbus_proto::goal::GoalSource;
+use workbus_proto::parse::Format;
+use workbus_proto::{Id, SCHEMA_VERSION, Timestamp};
+
+use crate::daemon::{Daemon, json_bytes};
+
+/// `rejected/NAME.error.json`: why a file was refused.
+#[derive(Debug, Serialize)]
+pub struct Rejection<'a> {
+    pub schema_version: u32,
+    /// The folder and name the file was found under.
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    pub message: &'a str,
+    pub rejected_at: Timestamp,
+}
+
+impl Daemon {
+    /// Ingests every goal file in `inbox/`. Returns whether any was there.
+    pub(crate) fn scan_inbox(&mut self) -> bool {
+        if self.stopping.is_some() {
+            return false;
+        }
+        let Some(mut names) = self.list_folder(Folder::Inbox) else {
+            return false;
+        };
+        names.sort();
+        let any = !names.is_empty();
+        for name in names {
+            self.ingest(&name);
+        }
+        any
+    }
+
+    fn ingest(&mut self, name: &str) {
+        let path = self.bus.path(Folder::Inbox, name);
+        let Some(format) = Format::from_path(&path) else {
+            self.reject_file(
+                Folder::Inbox,
+                name,
+                None,
+                "not a goal file: goal files are named *.toml or *.json".into(),
+            );
+            return;
+        };
+        let bytes = match read_capped(&path, self.cfg.max_goal_bytes) {
+            Ok(b) => b,
+            Err(ReadError::Vanished) => return,
+            Err(ReadError::TooLarge { limit }) => {
+                let msg =
+                    format!("the file is larger than the limit (max_goal_bytes) of {limit} bytes");
+                self.reject_file(Folder::Inbox, name, None, msg);
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(path = %path.display(), "cannot read a goal yet: {e}");
+                self.rescan_later(Folder::Inbox, Duration::from_millis(500));
+                return;
+            }
+            Err(e) => {
+                self.reject_file(Folder::Inbox, name, None, format!("{e}"));
+                return;
+            }
+        };
+        let limits = self.engine.config().limits;
+        let now = Timestamp::now();
+        let mut goal = match validate::validate_goal(&bytes, format, name, &limits, now) {
+            Ok(g) => g,
+            Err(e) => {
+                self.reject_file(Folder::Inbox, name, Some(&e), e.message.clone());
+                return;
+            }
+        };
+        if self.goal_exists(&goal.id) {
+            let default_id = validate::id_from_file_name(name).ok();
+            if default_id.as_ref() != Some(&goal.id) {
+                let msg = format!(
+                    "a goal with id {:?} already exists; choose another id (or leave id out to derive a fresh one from the file name)",
+                    goal.id.as_str()
+                );
+                self.reject_file(Folder::Inbox, name, None, msg);
+                return;
+            }
+            goal.id = self.fresh_id(&goal.id);
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        goal.source = Some(GoalSource {
+            name: name.to_string(),
+            format,
+            text,
+        });
+        // The goal is accepted once goals/<id>.json is durable; only then
+        // does the dropped file leave the inbox.
+        let goals = self.bus.dir(Folder::Goals);
+        if let Err(e) = workbus_bus::write_atomic(
+            &goals,
+            &format!("{}.json", goal.id),
+            &json_bytes(&goal),
+            self.cfg.fsync,
+        ) {
+            tracing::error!(path = %goals.display(), "cannot accept goal {}: {e}; it stays in the inbox and is retried", goal.id);
+            self.rescan_later(Folder::Inbox, Duration::from_secs(1));
+            return;
+        }
+        self.metrics.goals_accepted += 1;
+        self.keep_source(&goal.id, name, format);
+        tracing::info!(
+            GOAL = goal.id.as_str(),
+            "{}: accepted from inbox/{name}",
+            goal.id
+        );
+        self.feed(Input::Goal(goal));
+        self.maybe_wedge(name);
+    }
+
+    /// Moves an accepted goal's file from `inbox/` into its archive.
+    pub(crate) fn keep_source(&mut self, id: &Id, name: &str, format: Format) {
+        self.ensure_archive_dir(id);
+        let ext = match format {
+            Format::Toml => "toml",
+            Format::Json => "json",
+        };
+        let src = self.bus.path(Folder::Inbox, name);
+        let dst = self.bus.archive_dir(id).join(format!("source.{ext}"));
+        if let Err(e) = std::fs::rename(&src, &dst) {
+            // The goal is accepted; recovery finishes this move.
+            tracing::error!(path = %src.display(), "cannot move an accepted goal out of the inbox: {e}");
+        }
+    }
+
+    fn goal_exists(&self, id: &Id) -> bool {
+        self.engine.has_goal(id)
+            || self.bus.goal_path(id).exists()
+            || self.bus.report_path(id).exists()
+    }
+
+    /// `id-2`, `id-3`, …: the first that is free.
+    fn fresh_id(&self, id: &Id) -> Id {
+        for n in 2u32.. {
+            let stem = id.as_str();
+            let suffix = format!("-{n}");
+            let cut = stem.len().min(workbus_proto::id::MAX_ID_LEN - suffix.len());
+            if let Ok(candidate) = Id::new(format!("{}{suffix}", &stem[..cut]))
+                && !self.goal_exists(&candidate)
+            {
+                return candidate;
+            }
+        }
+        unreachable!("ids run out after 4 billion goals of one name")
+    }
+
+    /// Moves a refused file from `folder` to `rejected/` with an error file
+    /// beside it. The file is moved as it is: a link is not followed, a FIFO
+    /// not opened.
+    pub(crate) fn reject_file(
+        &mut self,
+        folder: Folder,
+        name: &str,
+        at: Option<&GoalError>,
+        message: String,
+    ) {
+        let src = self.bus.path(folder, name);
+        let rejected = self.bus.dir(Folder::Rejected);
+        let target = (0u32..)
+            .map(|n| {
+                if n == 0 {
+                    name.to_string()
+                } else {
+                    format!("{name}.{n}")
+                }
+            })
+            .find(|t| {
+                !rejected.join(t).exists() && !rejected.join(format!("{t}.error.json")).exists()
+            })
+            .unwrap_or_else(|| name.to_string());
+        let record = Rejection {
+            schema_version: SCHEMA_VERSION,
+            file: format!("{}/{name}", folder.name()),
+            line: at.and_then(|e| e.line),
+            column: at.and_then(|e| e.column),
+            message: &message,
+            rejected_at: Timestamp::now(),
+        };
+        let where_ = match (record.line, record.column) {
+            (Some(l), Some(c)) => format!(":{l}:{c}"),
+            (Some(l), None) => format!(":{l}"),
+            _ => String::new(),
+        };
+        if let Err(e) = workbus_bus::write_atomic(
+            &rejected,
+            &format!("{target}.error.json"),
+            &json_bytes(&record),
+            self.cfg.fsync,
+        ) {
+            tracing::error!(path = %rejected.display(), "cannot write the rejection of {}: {e}; retrying", src.display());
+            self.rescan_later(folder, Duration::from_secs(1));
+            return;
+        }
+        if let Err(e) = std::fs::rename(&src, rejected.join(&target)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!(path = %src.display(), "cannot move a rejected file: {e}");
+            }
+            return;
+        }
+        self.metrics.rejected += 1;
+        tracing::warn!(
+            path = %src.display(),
+            "rejected {}/{name}{where_}: {message} (moved to rejected/{target})",
+            folder.name()
+        );
+    }
+
+    /// The test-only fault switch (see [`crate::Options::wedge_on_goal`]).
+    fn maybe_wedge(&self, name: &str) {
+        if let Some(w) = &self.opts.wedge_on_goal
+            && name.starts_with(w.as_str())
+        {
+            tracing::warn!(
+                "WORKBUS_TEST_WEDGE_ON_GOAL matched {name}: wedging the event loop (test fault switch)"
+            );
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+}

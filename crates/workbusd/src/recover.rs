@@ -1,0 +1,226 @@
+//! Recovery: at start, the state is rebuilt from the bus alone. Goals
+//! without a report are replayed from their task, claim and result files;
+//! what a crash interrupted (an accepted goal still in the inbox, files of
+//! finished goals still in the hot folders) is finished.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use workbus_bus::{Folder, ReadError, read_json};
+use workbus_engine::{AttemptFacts, ClaimFacts, History, Input};
+use workbus_proto::goal::Goal;
+use workbus_proto::names::{ArchiveKind, AttemptKey};
+use workbus_proto::report::Report;
+use workbus_proto::result::ResultRecord;
+use workbus_proto::{Id, Timestamp};
+
+use crate::daemon::Daemon;
+
+#[derive(Default)]
+struct Found {
+    /// Per goal, per task, per attempt.
+    facts: HashMap<Id, BTreeMap<Id, BTreeMap<u32, AttemptFacts>>>,
+}
+
+impl Found {
+    fn entry(&mut self, key: &AttemptKey) -> &mut AttemptFacts {
+        let f = self
+            .facts
+            .entry(key.goal.clone())
+            .or_default()
+            .entry(key.task.clone())
+            .or_default()
+            .entry(key.attempt)
+            .or_default();
+        f.attempt = key.attempt;
+        f
+    }
+}
+
+impl Daemon {
+    pub(crate) fn recover(&mut self) {
+        let t0 = Instant::now();
+        let now = Timestamp::now();
+        let Some(goal_names) = self.list_folder(Folder::Goals) else {
+            return;
+        };
+        let reports: std::collections::HashSet<String> = self
+            .list_folder(Folder::Reports)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut goals: Vec<Goal> = Vec::new();
+        let mut sources: HashMap<String, (Id, String)> = HashMap::new();
+        for name in &goal_names {
+            if reports.contains(name) {
+                continue;
+            }
+            let path = self.bus.path(Folder::Goals, name);
+            match read_json::<Goal>(&path, u64::MAX) {
+                Ok(g) => {
+                    if let Some(src) = &g.source {
+                        sources.insert(src.name.clone(), (g.id.clone(), src.text.clone()));
+                    }
+                    goals.push(g);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "cannot recover an accepted goal: {e}")
+                }
+            }
+        }
+        let in_flight: std::collections::HashSet<Id> = goals.iter().map(|g| g.id.clone()).collect();
+        let mut found = Found::default();
+        let mut stray: Vec<std::path::PathBuf> = Vec::new();
+        let mut files = 0usize;
+
+        for name in self.list_folder(Folder::Tasks).unwrap_or_default() {
+            files += 1;
+            match AttemptKey::parse_file_name(&name) {
+                Some(key) if in_flight.contains(&key.goal) => found.entry(&key).published = true,
+                _ => stray.push(self.bus.path(Folder::Tasks, &name)),
+            }
+        }
+        for name in self.list_folder(Folder::Claimed).unwrap_or_default() {
+            files += 1;
+            match AttemptKey::parse_claim_name(&name) {
+                Some((key, worker)) if in_flight.contains(&key.goal) => {
+                    let alive = self.claimant_alive(&worker, now);
+                    found.entry(&key).claim = Some(ClaimFacts { worker, alive });
+                    self.claim_names.insert(key, name.clone());
+                    self.claims_seen.insert(name);
+                }
+                _ => stray.push(self.bus.path(Folder::Claimed, &name)),
+            }
+        }
+        for goal in &goals {
+            let dir = self.bus.archive_dir(&goal.id);
+            let Ok(names) = workbus_bus::list(&dir) else {
+                continue;
+            };
+            for name in names {
+                if let Some((key, ArchiveKind::Result)) =
+                    AttemptKey::parse_archive_name(&goal.id, &name)
+                {
+                    files += 1;
+                    let result = read_result(&dir.join(&name), self.cfg.max_result_bytes);
+                    let f = found.entry(&key);
+                    f.result = Some(result);
+                    f.archived = true;
+                }
+            }
+        }
+        for name in self.list_folder(Folder::Results).unwrap_or_default() {
+            files += 1;
+            match AttemptKey::parse_file_name(&name) {
+                Some(key) if in_flight.contains(&key.goal) => {
+                    let path = self.bus.path(Folder::Results, &name);
+                    let f = found.entry(&key);
+                    if f.archived {
+                        // The attempt already has its result: this one is late.
+                        continue;
+                    }
+                    f.result = Some(read_result(&path, self.cfg.max_result_bytes));
+                }
+                // Results of finished goals are left for the results scan,
+                // which files them as stale.
+                _ => {}
+            }
+        }
+        // Finished goals' leftovers go to their archives.
+        for path in stray {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let key = AttemptKey::parse_file_name(&name)
+                .or_else(|| AttemptKey::parse_claim_name(&name).map(|(k, _)| k));
+            match key {
+                Some(key) => {
+                    self.ensure_archive_dir(&key.goal);
+                    let _ = std::fs::rename(&path, self.bus.archive_path(&key, ArchiveKind::Task));
+                }
+                None => tracing::warn!(path = %path.display(), "not a bus file name; left alone"),
+            }
+        }
+        // An accepted goal whose file is still in the inbox: finish the move.
+        for name in self.list_folder(Folder::Inbox).unwrap_or_default() {
+            if let Some((id, text)) = sources.get(&name) {
+                let path = self.bus.path(Folder::Inbox, &name);
+                if std::fs::read(&path).is_ok_and(|b| b == text.as_bytes())
+                    && let Some(format) = workbus_proto::Format::from_path(&path)
+                {
+                    tracing::info!(
+                        GOAL = id.as_str(),
+                        "{id}: finishing the move of inbox/{name} into the archive"
+                    );
+                    self.keep_source(id, &name, format);
+                }
+            }
+        }
+        let n = goals.len();
+        for goal in goals {
+            let history: History = found
+                .facts
+                .remove(&goal.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(task, attempts)| (task, attempts.into_values().collect()))
+                .collect();
+            self.feed(Input::Recover { goal, history });
+        }
+        tracing::info!(
+            "recovered {n} goal(s) in flight from {files} task, claim and result files in {:.0?}",
+            t0.elapsed()
+        );
+    }
+
+    /// Removes the archives (and accepted goal files) of goals that ended
+    /// longer than `archive_retention` ago. Runs when the daemon is idle, at
+    /// most hourly, so pruning never competes with work.
+    pub(crate) fn prune_archive(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600))
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let retention = self.cfg.archive_retention.0;
+        let now = Timestamp::now();
+        let Ok(names) = workbus_bus::list(&self.bus.dir(Folder::Archive)) else {
+            return;
+        };
+        let mut pruned = 0;
+        for name in names {
+            let Ok(id) = Id::new(name.clone()) else {
+                continue;
+            };
+            let report = self.bus.report_path(&id);
+            let finished = match read_json::<Report>(&report, u64::MAX) {
+                Ok(r) => r.finished_at,
+                Err(_) => continue,
+            };
+            if now.since(finished) > retention {
+                let dir = self.bus.archive_dir(&id);
+                if let Err(e) = workbus_bus::remove_dir_all_quiet(&dir) {
+                    tracing::warn!(path = %dir.display(), "cannot prune: {e}");
+                    continue;
+                }
+                let _ = std::fs::remove_file(self.bus.goal_path(&id));
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                "pruned the archives of {pruned} goal(s) older than {}",
+                self.cfg.archive_retention
+            );
+        }
+    }
+}
+
+fn read_result(path: &std::path::Path, limit: u64) -> Result<ResultRecord, String> {
+    read_json::<ResultRecord>(path, limit)
+        .map_err(|e: ReadError| format!("{}: {e}", path.display()))
+}
