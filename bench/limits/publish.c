@@ -19,6 +19,12 @@
  *                 steady  each op also unlinks the file published LAG ops
  *                         earlier (inside the op's timing).
  *   --churn N     files created+unlinked for "churned" (default 20000)
+ *   --no-churn-wait  start measuring at once after the churn; by default the
+ *                 program first waits for the next wall-clock second (at most
+ *                 1 s), because ext4 stamps a deleted inode with the second of
+ *                 its deletion and treats it as "recently deleted" only from
+ *                 the next second on: measured within the same second, the
+ *                 churned state looks clean (see README.md).
  *   --lag N       distance of the unlink in "steady" (default 64)
  *   --size N      bytes written per op (default 256)
  *   --series K --every S
@@ -43,7 +49,7 @@
  * in no-journal mode ext4 will not reuse an inode freed less than 60 s ago
  * (360 s while its inode-table block is still dirty), see recently_deleted()
  * in fs/ext4/ialloc.c; a file's inode is taken from the first block group of
- * its directory's flex group (16 groups here) that has free inodes, so after
+ * its directory's flex group that has free inodes, so after
  * a mass deletion the creates of every directory in that flex group pay for
  * stepping over the recently freed inodes, until they age.  To keep its own
  * churn, steady-state unlinks and cleanup away from the folder that other
@@ -105,7 +111,8 @@ static void die(const char *what, const char *arg)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: publish [--state clean|churned|steady] [--churn N] [--lag N] [--size N]\n"
+		"usage: publish [--state clean|churned|steady] [--churn N] [--no-churn-wait]\n"
+		"               [--lag N] [--size N]\n"
 		"               [--series K --every S] [--cleanup files|all|keep] [--no-spread]\n"
 		"               [--label S] DIR none|file|dir|file+dir SECONDS [MAX_OPS]\n");
 	exit(2);
@@ -269,13 +276,17 @@ int main(int argc, char **argv)
 	enum cleanup cleanup = CL_FILES;
 	long churn = 20000, lag = 64, size = 256, series = 1;
 	double every = 0;
-	int spread = 1;
+	int spread = 1, churn_wait = 1;
 	const char *label = "";
 	int ai = 1;
 	for (; ai < argc && !strncmp(argv[ai], "--", 2); ai++) {
 		const char *o = argv[ai];
 		if (!strcmp(o, "--no-spread")) {
 			spread = 0;
+			continue;
+		}
+		if (!strcmp(o, "--no-churn-wait")) {
+			churn_wait = 0;
 			continue;
 		}
 		if (ai + 1 >= argc)
@@ -371,7 +382,7 @@ int main(int argc, char **argv)
 	if (size > 0)
 		buf[size - 1] = '\n';
 
-	double churn_s = 0;
+	double churn_s = 0, churn_wait_s = 0;
 	if (state == S_CHURNED) {
 		char name[64];
 		double c0 = now_s();
@@ -390,6 +401,13 @@ int main(int argc, char **argv)
 				die("churn unlink", name);
 		}
 		churn_s = now_s() - c0;
+		if (churn_wait) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			double w0 = now_s();
+			usleep((useconds_t)((1e9 - ts.tv_nsec) / 1e3) + 10000);
+			churn_wait_s = now_s() - w0;
+		}
 	}
 
 	struct result res[series];
@@ -430,7 +448,8 @@ int main(int argc, char **argv)
 		       r->p90, r->max);
 		printf(",\"size\":%ld,\"max_ops\":%ld,\"seconds_limit\":%g", size, max_ops, seconds);
 		if (state == S_CHURNED)
-			printf(",\"churn\":%ld,\"churn_s\":%.3f", churn, churn_s);
+			printf(",\"churn\":%ld,\"churn_s\":%.3f,\"churn_wait_s\":%.3f", churn, churn_s,
+			       churn_wait_s);
 		if (state == S_STEADY)
 			printf(",\"lag\":%ld", lag);
 		if (series > 1)

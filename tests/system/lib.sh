@@ -172,6 +172,10 @@ wb__on_err() {
   ((${WB_IN_ERR:-0})) && return 0
   WB_IN_ERR=1
   printf '\nFAIL: command exited %s at %s line %s: %s\n' "$1" "${BASH_SOURCE[1]:-?}" "$2" "$3" >&2
+  local i
+  for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+    printf '      called from %s line %s (%s)\n' "${BASH_SOURCE[i + 1]}" "${BASH_LINENO[i]}" "${FUNCNAME[i]}" >&2
+  done
   [[ -n ${WB_STEP_NAME:-} ]] && printf '      (in step %d: %s)\n' "$WB_STEP_NO" "$WB_STEP_NAME" >&2
   WB_FAILED=1
 }

@@ -339,6 +339,11 @@ assert_contains "$show" "ExecMainStatus=0" "exit status after SIGTERM"
 ok "inactive, exited 0"
 
 step "remove the package"
+# Six starts in ~8 s so far: the default StartLimitBurst=5 per
+# StartLimitIntervalSec=10s would refuse this start (Result=start-limit-hit);
+# reset-failed also resets that counter.
+in_container systemctl show -p Result wbstandin.service >&2
+assert_ok "systemctl reset-failed" in_container systemctl reset-failed wbstandin.service
 assert_ok "systemctl start" in_container systemctl start wbstandin.service
 assert_ok "apt-get remove" ct_apt remove wbstandin
 assert_eq "$(ct_prop wbstandin.service ActiveState)" "inactive" "ActiveState after remove (prerm stops it)"
