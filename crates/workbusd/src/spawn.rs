@@ -226,8 +226,10 @@ impl Daemon {
             );
             return;
         }
-        self.absorb_spawn_result(&key, record);
+        // The program's own result file is folded into the record the
+        // daemon writes; it must not be filed again as a second result.
         let _ = std::fs::remove_file(&raw_path);
+        self.absorb_spawn_result(&key, record);
     }
 
     /// The result of a finished spawn: the result file if the program wrote

@@ -1,0 +1,6 @@
+//! End-to-end tests against the real binaries on temporary buses. One test
+//! binary (as ripgrep does) so the suite links once.
+
+mod end_to_end;
+mod shipped;
+mod util;
