@@ -108,7 +108,7 @@ impl Daemon {
                 continue;
             };
             let path = self.bus.path(Folder::Workers, &name);
-            let ad = match read_json::<WorkerAd>(&path, MAX_AD_BYTES) {
+            let mut ad = match read_json::<WorkerAd>(&path, MAX_AD_BYTES) {
                 Ok(ad) if ad.name.as_str() == stem => ad,
                 Ok(ad) => {
                     self.bad_ad(
@@ -127,6 +127,11 @@ impl Daemon {
                 }
             };
             self.fleet.bad_ads.remove(&name);
+            // A worker of this host whose process is gone is gone now, not
+            // when its lease runs out.
+            if !ad.stopping && !process_alive(&ad) {
+                ad.stopping = true;
+            }
             if let Some(fw) = self.fleet.workers.get_mut(&ad.name) {
                 if fw.last_seen != Some(ad.last_seen) {
                     fw.last_seen = Some(ad.last_seen);
@@ -182,17 +187,28 @@ impl Daemon {
         if ad.stopping || now.since(ad.last_seen) > self.cfg.lease_timeout.0 {
             return false;
         }
-        let local = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
-        if ad.host == local && ad.pid > 0 {
-            return nix::sys::signal::kill(nix::unistd::Pid::from_raw(ad.pid as i32), None).is_ok();
-        }
-        true
+        process_alive(ad)
     }
 }
 
 pub(crate) fn caps(c: &[workbus_proto::Capability]) -> String {
     c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// False only for a worker of this host whose pid does not exist.
+fn process_alive(ad: &WorkerAd) -> bool {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    });
+    if ad.host != *host || ad.pid == 0 {
+        return true;
+    }
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(ad.pid as i32), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
