@@ -2,5 +2,6 @@
 //! binary (as ripgrep does) so the suite links once.
 
 mod end_to_end;
+mod fleet;
 mod shipped;
 mod util;

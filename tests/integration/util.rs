@@ -43,6 +43,17 @@ log = "text"
 log_level = "debug"
 "#;
 
+/// QUICK without the keys `extra` sets.
+fn quick_without(extra: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    QUICK
+        .lines()
+        .filter(|l| !overridden.contains(&key(l)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Polls `cond` until it returns `Some`, or panics after `timeout` saying `what`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -87,9 +98,10 @@ impl TestBus {
         fs::write(
             &config,
             format!(
-                "root = {:?}\nfleet = {:?}\n{QUICK}\n{extra}",
+                "root = {:?}\nfleet = {:?}\n{}\n{extra}",
                 root.display().to_string(),
-                fleet_path.display().to_string()
+                fleet_path.display().to_string(),
+                quick_without(extra)
             ),
         )
         .unwrap();

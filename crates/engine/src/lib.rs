@@ -300,25 +300,21 @@ impl Engine {
     /// When the engine next needs a [`Input::Tick`], if ever.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(t, _)| *t);
-        // Leases are watched only while some bus worker holds a claim or a
-        // goal is in flight: an idle daemon has nothing to wake up for.
-        let lease = if self.goals.is_empty() {
-            None
-        } else {
-            self.workers
-                .views
-                .values()
-                .filter(|w| {
-                    !matches!(w.kind, WorkerKind::Spawn { .. })
-                        && !self.stale_workers.contains(&w.name)
-                })
-                .filter_map(|w| w.last_seen)
-                .map(|seen| {
-                    seen.plus(self.cfg.lease_timeout)
-                        .plus(Duration::from_millis(1))
-                })
-                .min()
-        };
+        // A bus worker's lease ends lease_timeout after its last heartbeat.
+        // Each heartbeat moves it on, so while workers beat this never fires.
+        let lease = self
+            .workers
+            .views
+            .values()
+            .filter(|w| {
+                !matches!(w.kind, WorkerKind::Spawn { .. }) && !self.stale_workers.contains(&w.name)
+            })
+            .filter_map(|w| w.last_seen)
+            .map(|seen| {
+                seen.plus(self.cfg.lease_timeout)
+                    .plus(Duration::from_millis(1))
+            })
+            .min();
         match (timer, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1115,6 +1111,14 @@ impl Engine {
             .collect();
         for (name, age) in expired {
             self.stale_workers.insert(name.clone());
+            out.push(Effect::Note(Note {
+                level: Level::Warn,
+                goal: None,
+                task: None,
+                attempt: None,
+                worker: Some(name.clone()),
+                message: format!("no heartbeat for {}: withdrawn", fmt_duration(age)),
+            }));
             let reason = format!(
                 "lease lost: no heartbeat from worker {name} for {}",
                 fmt_duration(age)
@@ -1236,9 +1240,7 @@ impl Engine {
             let (_, timer) = self.timers.pop_first().expect("a first timer");
             self.fire(now, timer, out);
         }
-        if !self.goals.is_empty() {
-            self.check_leases(now, out);
-        }
+        self.check_leases(now, out);
     }
 
     fn fire(&mut self, now: Timestamp, timer: Timer, out: &mut Vec<Effect>) {

@@ -417,25 +417,23 @@ impl Daemon {
             .take()
             .map(|p| p.started.elapsed())
             .unwrap_or_default();
-        let how = match &exit {
-            Ok(e) => {
-                let tail = e
-                    .stderr_tail
+        let (how, last) = match &exit {
+            Ok(e) => (
+                e.status.to_string(),
+                e.stderr_tail
                     .trim_end()
                     .lines()
                     .last()
                     .unwrap_or("")
-                    .to_string();
-                if tail.is_empty() {
-                    e.status.to_string()
-                } else {
-                    format!("{}: {tail}", e.status)
-                }
-            }
-            Err(e) => e.to_string(),
+                    .to_string(),
+            ),
+            Err(e) => (e.to_string(), String::new()),
         };
         let reason = format!("worker {name} exited ({how})");
-        tracing::warn!(WORKER = name.as_str(), "{reason} after {:.1?}", ran);
+        tracing::warn!(
+            WORKER = name.as_str(),
+            "{reason} after {ran:.1?}; its last stderr line: {last:?}"
+        );
         fw.last_error = Some(reason.clone());
         self.feed(Input::WorkerExited {
             name: name.clone(),
