@@ -180,12 +180,12 @@ impl TestBus {
     }
 }
 
-/// A running daemon; killed when dropped.
+/// A running daemon; killed when dropped. Its notifications are read
+/// continuously, as systemd does, into `messages`.
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
-    pub notify: UnixDatagram,
-    pub messages: Vec<String>,
+    pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -200,9 +200,18 @@ impl Daemon {
         let _ = n;
         let sock_path = bus.dir.path().join(format!("notify-{}.sock", unique()));
         let notify = UnixDatagram::bind(&sock_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            // Ends when the test drops the daemon (and this Arc is the last).
+            while std::sync::Arc::strong_count(&sink) > 1 {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
         let log = bus.dir.path().join(format!("workbusd-{}.log", unique()));
         let logf = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(WORKBUSD);
@@ -217,12 +226,7 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Daemon {
-            child,
-            log,
-            notify,
-            messages: vec![],
-        }
+        Daemon { child, log, messages }
     }
 
     pub fn wait_ready(mut self) -> Daemon {
@@ -233,29 +237,15 @@ impl Daemon {
     /// Waits for a notification containing `what`; returns it.
     pub fn wait_message(&mut self, what: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        if let Some(m) = self.messages.iter().find(|m| m.contains(what)) {
-            return m.clone();
-        }
-        let mut buf = [0u8; 4096];
         loop {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.messages.push(m.clone());
-                if m.contains(what) {
-                    return m;
-                }
+            if let Some(m) = self.messages.lock().unwrap().iter().find(|m| m.contains(what)) {
+                return m.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "workbusd exited ({status}) before {what}:\n{}",
-                    self.log_text()
-                );
+                panic!("workbusd exited ({status}) before {what}:\n{}", self.log_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} from workbusd within {timeout:?}:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "no {what} from workbusd within {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

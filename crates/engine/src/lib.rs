@@ -500,6 +500,9 @@ impl Engine {
                 };
                 let record = self.task_record(gid, ti, now);
                 self.set_running(now, gid, ti, None, false, record);
+                // Its claim or task file goes to the archive; a result that
+                // still comes for it is stale.
+                out.push(Effect::Archive { key: key.clone() });
                 self.attempt_failed(now, &key, reason, false, out);
                 continue;
             }

@@ -38,8 +38,31 @@ impl Found {
 }
 
 impl Daemon {
+    /// Removes temporaries that a killed daemon left behind (its own
+    /// `.<name>.<pid>.<n>.tmp` files, where that pid is gone).
+    pub(crate) fn remove_dead_temporaries(&mut self, dirs: &[std::path::PathBuf]) {
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if let Some(pid) = temporary_owner(name)
+                    && pid != std::process::id()
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) == Err(nix::errno::Errno::ESRCH)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     pub(crate) fn recover(&mut self) {
         let t0 = Instant::now();
+        let mut ours: Vec<std::path::PathBuf> = [Folder::Tasks, Folder::Goals, Folder::Reports, Folder::Rejected]
+            .iter()
+            .map(|f| self.bus.dir(*f))
+            .collect();
+        ours.push(self.bus.root().to_path_buf());
         let now = Timestamp::now();
         let Some(goal_names) = self.list_folder(Folder::Goals) else {
             return;
@@ -69,6 +92,8 @@ impl Daemon {
             }
         }
         let in_flight: std::collections::HashSet<Id> = goals.iter().map(|g| g.id.clone()).collect();
+        ours.extend(in_flight.iter().map(|g| self.bus.archive_dir(g)));
+        self.remove_dead_temporaries(&ours);
         let mut found = Found::default();
         let mut stray: Vec<std::path::PathBuf> = Vec::new();
         let mut files = 0usize;
@@ -223,4 +248,23 @@ impl Daemon {
 fn read_result(path: &std::path::Path, limit: u64) -> Result<ResultRecord, String> {
     read_json::<ResultRecord>(path, limit)
         .map_err(|e: ReadError| format!("{}: {e}", path.display()))
+}
+
+/// The pid in a temporary name written by `workbus_bus::write_atomic`:
+/// `.<name>.<pid>.<n>.tmp`.
+fn temporary_owner(name: &str) -> Option<u32> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = inner.rsplitn(3, '.');
+    let _n: u64 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn temporary_owners() {
+        assert_eq!(super::temporary_owner(".g.t.1.json.4242.7.tmp"), Some(4242));
+        assert_eq!(super::temporary_owner("g.t.1.json"), None);
+        assert_eq!(super::temporary_owner(".x.tmp"), None);
+    }
 }

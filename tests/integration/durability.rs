@@ -1,0 +1,244 @@
+//! Durability and recovery: kill -9 anywhere loses nothing; one daemon per
+//! bus; leases; blind filesystems get polling; a full disk is survived.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use workbus_proto::report::{Outcome, TaskStateName};
+
+use crate::util::*;
+
+/// A small deterministic generator (no dependency for a few random numbers).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Fan-out/fan-in layers: 1 → 60 → 1 → 60 → 1 → 60 → 1 → 20 (204 tasks),
+/// each task sleeping 0-100 ms.
+fn layered_goal(id: &str, rng: &mut Rng) -> (String, usize) {
+    let widths = [1usize, 60, 1, 60, 1, 60, 1, 20];
+    let mut text = format!("id = \"{id}\"\n");
+    let mut prev: Vec<String> = vec![];
+    let mut n = 0;
+    for (l, w) in widths.iter().enumerate() {
+        let mut this = vec![];
+        for i in 0..*w {
+            let tid = format!("l{l}-{i}");
+            let after: Vec<String> = prev.iter().map(|p| format!("\"{p}\"")).collect();
+            text.push_str(&format!(
+                "[[task]]\nid = \"{tid}\"\nneeds = [\"x\"]\nafter = [{}]\ninput = {{ sleep = {:.3}, output = \"{tid} done\" }}\n",
+                after.join(", "),
+                rng.below(101) as f64 / 1000.0
+            ));
+            this.push(tid);
+            n += 1;
+        }
+        prev = this;
+    }
+    (text, n)
+}
+
+/// Every record on the bus parses; no temporary is left behind.
+fn assert_no_half_records(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+                continue;
+            }
+            assert!(!name.ends_with(".tmp"), "a temporary was left behind: {}", p.display());
+            if name.ends_with(".json") {
+                let text = fs::read_to_string(&p).unwrap();
+                serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("half a record in {}: {e}\n{text}", p.display()));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
+fn torture(watch: &str, seed: u64) {
+    let mut rng = Rng(seed);
+    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 3), &format!("watch = \"{watch}\"\nlog_level = \"info\"\n"));
+    let (goal, n) = layered_goal("torture", &mut rng);
+    assert!(n >= 200);
+    let mut d = bus.start();
+    bus.submit("torture.toml", &goal);
+    let t0 = Instant::now();
+    let mut kills = 0;
+    // Twelve kills at random moments (some may fall after the end: they
+    // must not change the report), a restart after each.
+    while kills < 12 {
+        std::thread::sleep(Duration::from_millis(100 + rng.below(1100)));
+        d.kill9();
+        kills += 1;
+        d = Daemon::start(&bus, &[]);
+    }
+    let r = bus.wait_report("torture", Duration::from_secs(180));
+    assert_eq!(r.outcome, Outcome::Succeeded, "after {kills} kills: {r:#?}");
+    assert_eq!(r.tasks.len(), n);
+    for (id, t) in &r.tasks {
+        assert_eq!((t.state, t.output.clone()), (TaskStateName::Succeeded, Some(serde_json::json!(format!("{id} done")))));
+    }
+    // Exactly one absorbed successful result per task, and it is the one
+    // the report names.
+    let archive = bus.path("archive/torture");
+    let mut ok: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for e in fs::read_dir(&archive).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".result.json") {
+            let (task, attempt) = stem.rsplit_once('.').unwrap();
+            let rec = read_json(&e.path());
+            if rec["status"] == "ok" {
+                ok.entry(task.to_string()).or_default().push(attempt.parse().unwrap());
+            }
+        }
+    }
+    for (task, t) in &r.tasks {
+        let attempts = ok.get(task).cloned().unwrap_or_default();
+        assert_eq!(attempts, vec![t.attempts], "task {task}: successful results of attempts {attempts:?}, report says {}", t.attempts);
+    }
+    d.stop();
+    assert_no_half_records(&bus.root);
+    // A finished report is never rewritten differently.
+    let again = bus.report("torture").unwrap();
+    assert_eq!(again, r);
+    eprintln!("torture ({watch}): {n} tasks, {kills} kills, {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn torture_kill9_at_random_moments_loses_nothing() {
+    torture("notify", 0x9E37_79B9_7F4A_7C15);
+}
+
+#[test]
+fn torture_with_polling_loses_nothing() {
+    torture("poll", 0xD1B5_4A32_D192_ED03);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_bus_is_refused() {
+    let bus = TestBus::new("");
+    let first = bus.start();
+    let out = std::process::Command::new(WORKBUSD).arg("--config").arg(&bus.config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lock = bus.path("workbusd.lock").display().to_string();
+    assert!(err.contains(&format!("{lock} is locked by pid {}", first.pid())), "{err}");
+    assert!(err.contains("another workbusd is already running on this bus"), "{err}");
+}
+
+#[test]
+fn results_that_arrived_while_the_daemon_was_down_are_absorbed() {
+    let bus = TestBus::new("");
+    let d = bus.start();
+    bus.submit("offline.toml", "[[task]]\nid = \"a\"\nneeds = [\"ext\"]\n[[task]]\nid = \"b\"\nneeds = [\"ext\"]\nafter = [\"a\"]\n");
+    wait_for(Duration::from_secs(10), "a to be published", || bus.path("tasks/offline.a.1.json").exists().then_some(()));
+    assert_eq!(d.stop().code(), Some(0));
+    // An external worker claims and answers while no daemon runs.
+    fs::rename(bus.path("tasks/offline.a.1.json"), bus.path("claimed/offline.a.1.far.json")).unwrap();
+    let result = r#"{"schema_version":1,"goal":"offline","task":"a","attempt":1,"worker":"far","status":"ok","output":"done offline"}"#;
+    fs::write(bus.path("results/.offline.a.1.json.tmp"), result).unwrap();
+    fs::rename(bus.path("results/.offline.a.1.json.tmp"), bus.path("results/offline.a.1.json")).unwrap();
+    let _d = bus.start();
+    let rec = wait_for(Duration::from_secs(10), "b to be published with a's output", || {
+        fs::read_to_string(bus.path("tasks/offline.b.1.json")).ok()
+    });
+    assert!(rec.contains("done offline"), "{rec}");
+    assert!(bus.path("archive/offline/a.1.result.json").exists());
+    assert!(!bus.path("claimed/offline.a.1.far.json").exists());
+}
+
+#[test]
+fn a_claim_whose_worker_stops_heartbeating_is_revoked() {
+    let bus = TestBus::with_config("", "heartbeat_interval = \"200ms\"\nlease_timeout = \"1s\"\ncapability_grace = \"30s\"\n");
+    let _d = bus.start();
+    // This test is the stalling worker: it advertises, claims, then falls silent.
+    let ad = |name: &str| {
+        format!(
+            r#"{{"schema_version":1,"name":"{name}","host":"elsewhere","pid":1,"capabilities":["lease"],"last_seen":"{}"}}"#,
+            workbus_proto::Timestamp::now()
+        )
+    };
+    fs::write(bus.path("workers/.stall.json.tmp"), ad("stall")).unwrap();
+    fs::rename(bus.path("workers/.stall.json.tmp"), bus.path("workers/stall.json")).unwrap();
+    bus.submit("lease.toml", "[[task]]\nid = \"t\"\nneeds = [\"lease\"]\nretries = 1\n");
+    wait_for(Duration::from_secs(10), "the task to be published", || bus.path("tasks/lease.t.1.json").exists().then_some(()));
+    fs::rename(bus.path("tasks/lease.t.1.json"), bus.path("claimed/lease.t.1.stall.json")).unwrap();
+    // No more heartbeats: after lease_timeout the claim is revoked.
+    let revoked = wait_for(Duration::from_secs(10), "the revocation", || {
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(bus.path("archive/lease/t.1.result.json")).ok()?).ok()?;
+        Some(v)
+    });
+    assert!(revoked["error"].as_str().unwrap().contains("lease lost: no heartbeat from worker stall"), "{revoked}");
+    // The stalled worker wakes up and answers its old attempt: stale.
+    let late = r#"{"schema_version":1,"goal":"lease","task":"t","attempt":1,"worker":"stall","status":"ok","output":"too late"}"#;
+    fs::write(bus.path("results/.late.tmp"), late).unwrap();
+    fs::rename(bus.path("results/.late.tmp"), bus.path("results/lease.t.1.json")).unwrap();
+    wait_for(Duration::from_secs(10), "the late result to be filed as stale", || {
+        bus.path("archive/lease/t.1.stale.json").exists().then_some(())
+    });
+    // Another worker completes the next attempt.
+    let mut other = std::process::Command::new("python3")
+        .arg(format!("{}/examples/worker.py", env!("CARGO_MANIFEST_DIR")))
+        .arg("--root")
+        .arg(&bus.root)
+        .args(["--name", "steady", "--capabilities", "lease", "--heartbeat", "0.2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = bus.wait_report("lease", Duration::from_secs(30));
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    let t = &r.tasks["t"];
+    assert_eq!((t.attempts, t.worker.as_deref()), (2, Some("steady")));
+    assert_ne!(t.output, Some(serde_json::json!("too late")));
+}
+
+#[test]
+fn sigterm_drains_running_tasks_and_exits_cleanly() {
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
+    let mut d = bus.start();
+    bus.submit("drain.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { sleep = 1.5 }\n[[task]]\nid = \"b\"\nneeds = [\"x\"]\nafter = [\"a\"]\n");
+    wait_for(Duration::from_secs(10), "a to run", || bus.path("claimed/drain.a.1.w.json").exists().then_some(()));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_message("STOPPING=1", Duration::from_secs(5));
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0));
+    // a finished during the drain and was absorbed; b was not started.
+    assert_eq!(bus.json("archive/drain/a.1.result.json")["status"], "ok");
+    assert!(!bus.path("claimed/drain.b.1.w.json").exists());
+    let _d = bus.start();
+    assert_eq!(bus.wait_report("drain", Duration::from_secs(30)).outcome, Outcome::Succeeded);
+}
+
+#[test]
+fn a_drain_that_times_out_leaves_the_task_to_run_again() {
+    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 1), "drain_timeout = \"300ms\"\n");
+    let d = bus.start();
+    bus.submit("cut.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { sleep = 2 }\n");
+    wait_for(Duration::from_secs(10), "a to run", || bus.path("claimed/cut.a.1.w.json").exists().then_some(()));
+    let t0 = Instant::now();
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(2), "stopped within the drain timeout and kill grace");
+    assert!(bus.path("claimed/cut.a.1.w.json").exists(), "the claim stays, consistent, for the next start");
+    let _d = bus.start();
+    let r = bus.wait_report("cut", Duration::from_secs(30));
+    assert_eq!((r.outcome, r.tasks["a"].attempts), (Outcome::Succeeded, 2));
+}
