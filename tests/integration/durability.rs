@@ -242,3 +242,17 @@ fn a_drain_that_times_out_leaves_the_task_to_run_again() {
     let r = bus.wait_report("cut", Duration::from_secs(30));
     assert_eq!((r.outcome, r.tasks["a"].attempts), (Outcome::Succeeded, 2));
 }
+
+#[test]
+fn a_service_manager_that_does_not_read_never_stalls_the_daemon() {
+    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 4), "status_interval = \"1ms\"\n");
+    // A NOTIFY_SOCKET nobody reads: its queue fills after a few messages.
+    let deaf = bus.dir.path().join("deaf.sock");
+    let _sock = std::os::unix::net::UnixDatagram::bind(&deaf).unwrap();
+    let _d = Daemon::spawn(&bus, &[("NOTIFY_SOCKET", deaf.to_str().unwrap())]);
+    wait_for(Duration::from_secs(20), "the daemon to be up", || bus.path("status.json").exists().then_some(()));
+    let tasks: String = (0..40).map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"x\"]\ninput = {{ output = {i} }}\n")).collect();
+    bus.submit("many.toml", &tasks);
+    let r = bus.wait_report("many", Duration::from_secs(60));
+    assert_eq!(r.outcome, Outcome::Succeeded);
+}
