@@ -61,10 +61,15 @@ fn assert_no_half_records(root: &Path) {
                 stack.push(p);
                 continue;
             }
-            assert!(!name.ends_with(".tmp"), "a temporary was left behind: {}", p.display());
+            assert!(
+                !name.ends_with(".tmp"),
+                "a temporary was left behind: {}",
+                p.display()
+            );
             if name.ends_with(".json") {
                 let text = fs::read_to_string(&p).unwrap();
-                serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("half a record in {}: {e}\n{text}", p.display()));
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .unwrap_or_else(|e| panic!("half a record in {}: {e}\n{text}", p.display()));
                 checked += 1;
             }
         }
@@ -74,7 +79,10 @@ fn assert_no_half_records(root: &Path) {
 
 fn torture(watch: &str, seed: u64) {
     let mut rng = Rng(seed);
-    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 3), &format!("watch = \"{watch}\"\nlog_level = \"info\"\n"));
+    let bus = TestBus::with_config(
+        &spawn_worker("w", &["x"], 3),
+        &format!("watch = \"{watch}\"\nlog_level = \"info\"\n"),
+    );
     let (goal, n) = layered_goal("torture", &mut rng);
     assert!(n >= 200);
     let mut d = bus.start();
@@ -93,7 +101,13 @@ fn torture(watch: &str, seed: u64) {
     assert_eq!(r.outcome, Outcome::Succeeded, "after {kills} kills: {r:#?}");
     assert_eq!(r.tasks.len(), n);
     for (id, t) in &r.tasks {
-        assert_eq!((t.state, t.output.clone()), (TaskStateName::Succeeded, Some(serde_json::json!(format!("{id} done")))));
+        assert_eq!(
+            (t.state, t.output.clone()),
+            (
+                TaskStateName::Succeeded,
+                Some(serde_json::json!(format!("{id} done")))
+            )
+        );
     }
     // Exactly one absorbed successful result per task, and it is the one
     // the report names.
@@ -105,20 +119,30 @@ fn torture(watch: &str, seed: u64) {
             let (task, attempt) = stem.rsplit_once('.').unwrap();
             let rec = read_json(&e.path());
             if rec["status"] == "ok" {
-                ok.entry(task.to_string()).or_default().push(attempt.parse().unwrap());
+                ok.entry(task.to_string())
+                    .or_default()
+                    .push(attempt.parse().unwrap());
             }
         }
     }
     for (task, t) in &r.tasks {
         let attempts = ok.get(task).cloned().unwrap_or_default();
-        assert_eq!(attempts, vec![t.attempts], "task {task}: successful results of attempts {attempts:?}, report says {}", t.attempts);
+        assert_eq!(
+            attempts,
+            vec![t.attempts],
+            "task {task}: successful results of attempts {attempts:?}, report says {}",
+            t.attempts
+        );
     }
     d.stop();
     assert_no_half_records(&bus.root);
     // A finished report is never rewritten differently.
     let again = bus.report("torture").unwrap();
     assert_eq!(again, r);
-    eprintln!("torture ({watch}): {n} tasks, {kills} kills, {:.1?}", t0.elapsed());
+    eprintln!(
+        "torture ({watch}): {n} tasks, {kills} kills, {:.1?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -135,12 +159,22 @@ fn torture_with_polling_loses_nothing() {
 fn a_second_daemon_on_the_same_bus_is_refused() {
     let bus = TestBus::new("");
     let first = bus.start();
-    let out = std::process::Command::new(WORKBUSD).arg("--config").arg(&bus.config).output().unwrap();
+    let out = std::process::Command::new(WORKBUSD)
+        .arg("--config")
+        .arg(&bus.config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lock = bus.path("workbusd.lock").display().to_string();
-    assert!(err.contains(&format!("{lock} is locked by pid {}", first.pid())), "{err}");
-    assert!(err.contains("another workbusd is already running on this bus"), "{err}");
+    assert!(
+        err.contains(&format!("{lock} is locked by pid {}", first.pid())),
+        "{err}"
+    );
+    assert!(
+        err.contains("another workbusd is already running on this bus"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,17 +182,29 @@ fn results_that_arrived_while_the_daemon_was_down_are_absorbed() {
     let bus = TestBus::new("");
     let d = bus.start();
     bus.submit("offline.toml", "[[task]]\nid = \"a\"\nneeds = [\"ext\"]\n[[task]]\nid = \"b\"\nneeds = [\"ext\"]\nafter = [\"a\"]\n");
-    wait_for(Duration::from_secs(10), "a to be published", || bus.path("tasks/offline.a.1.json").exists().then_some(()));
+    wait_for(Duration::from_secs(10), "a to be published", || {
+        bus.path("tasks/offline.a.1.json").exists().then_some(())
+    });
     assert_eq!(d.stop().code(), Some(0));
     // An external worker claims and answers while no daemon runs.
-    fs::rename(bus.path("tasks/offline.a.1.json"), bus.path("claimed/offline.a.1.far.json")).unwrap();
+    fs::rename(
+        bus.path("tasks/offline.a.1.json"),
+        bus.path("claimed/offline.a.1.far.json"),
+    )
+    .unwrap();
     let result = r#"{"schema_version":1,"goal":"offline","task":"a","attempt":1,"worker":"far","status":"ok","output":"done offline"}"#;
     fs::write(bus.path("results/.offline.a.1.json.tmp"), result).unwrap();
-    fs::rename(bus.path("results/.offline.a.1.json.tmp"), bus.path("results/offline.a.1.json")).unwrap();
+    fs::rename(
+        bus.path("results/.offline.a.1.json.tmp"),
+        bus.path("results/offline.a.1.json"),
+    )
+    .unwrap();
     let _d = bus.start();
-    let rec = wait_for(Duration::from_secs(10), "b to be published with a's output", || {
-        fs::read_to_string(bus.path("tasks/offline.b.1.json")).ok()
-    });
+    let rec = wait_for(
+        Duration::from_secs(10),
+        "b to be published with a's output",
+        || fs::read_to_string(bus.path("tasks/offline.b.1.json")).ok(),
+    );
     assert!(rec.contains("done offline"), "{rec}");
     assert!(bus.path("archive/offline/a.1.result.json").exists());
     assert!(!bus.path("claimed/offline.a.1.far.json").exists());
@@ -166,7 +212,10 @@ fn results_that_arrived_while_the_daemon_was_down_are_absorbed() {
 
 #[test]
 fn a_claim_whose_worker_stops_heartbeating_is_revoked() {
-    let bus = TestBus::with_config("", "heartbeat_interval = \"200ms\"\nlease_timeout = \"1s\"\ncapability_grace = \"30s\"\n");
+    let bus = TestBus::with_config(
+        "",
+        "heartbeat_interval = \"200ms\"\nlease_timeout = \"1s\"\ncapability_grace = \"30s\"\n",
+    );
     let _d = bus.start();
     // This test is the stalling worker: it advertises, claims, then falls silent.
     let ad = |name: &str| {
@@ -176,29 +225,68 @@ fn a_claim_whose_worker_stops_heartbeating_is_revoked() {
         )
     };
     fs::write(bus.path("workers/.stall.json.tmp"), ad("stall")).unwrap();
-    fs::rename(bus.path("workers/.stall.json.tmp"), bus.path("workers/stall.json")).unwrap();
-    bus.submit("lease.toml", "[[task]]\nid = \"t\"\nneeds = [\"lease\"]\nretries = 1\n");
-    wait_for(Duration::from_secs(10), "the task to be published", || bus.path("tasks/lease.t.1.json").exists().then_some(()));
-    fs::rename(bus.path("tasks/lease.t.1.json"), bus.path("claimed/lease.t.1.stall.json")).unwrap();
+    fs::rename(
+        bus.path("workers/.stall.json.tmp"),
+        bus.path("workers/stall.json"),
+    )
+    .unwrap();
+    bus.submit(
+        "lease.toml",
+        "[[task]]\nid = \"t\"\nneeds = [\"lease\"]\nretries = 1\n",
+    );
+    wait_for(Duration::from_secs(10), "the task to be published", || {
+        bus.path("tasks/lease.t.1.json").exists().then_some(())
+    });
+    fs::rename(
+        bus.path("tasks/lease.t.1.json"),
+        bus.path("claimed/lease.t.1.stall.json"),
+    )
+    .unwrap();
     // No more heartbeats: after lease_timeout the claim is revoked.
     let revoked = wait_for(Duration::from_secs(10), "the revocation", || {
-        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(bus.path("archive/lease/t.1.result.json")).ok()?).ok()?;
+        let v: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(bus.path("archive/lease/t.1.result.json")).ok()?,
+        )
+        .ok()?;
         Some(v)
     });
-    assert!(revoked["error"].as_str().unwrap().contains("lease lost: no heartbeat from worker stall"), "{revoked}");
+    assert!(
+        revoked["error"]
+            .as_str()
+            .unwrap()
+            .contains("lease lost: no heartbeat from worker stall"),
+        "{revoked}"
+    );
     // The stalled worker wakes up and answers its old attempt: stale.
     let late = r#"{"schema_version":1,"goal":"lease","task":"t","attempt":1,"worker":"stall","status":"ok","output":"too late"}"#;
     fs::write(bus.path("results/.late.tmp"), late).unwrap();
-    fs::rename(bus.path("results/.late.tmp"), bus.path("results/lease.t.1.json")).unwrap();
-    wait_for(Duration::from_secs(10), "the late result to be filed as stale", || {
-        bus.path("archive/lease/t.1.stale.json").exists().then_some(())
-    });
+    fs::rename(
+        bus.path("results/.late.tmp"),
+        bus.path("results/lease.t.1.json"),
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the late result to be filed as stale",
+        || {
+            bus.path("archive/lease/t.1.stale.json")
+                .exists()
+                .then_some(())
+        },
+    );
     // Another worker completes the next attempt.
     let mut other = std::process::Command::new("python3")
         .arg(format!("{}/examples/worker.py", env!("CARGO_MANIFEST_DIR")))
         .arg("--root")
         .arg(&bus.root)
-        .args(["--name", "steady", "--capabilities", "lease", "--heartbeat", "0.2"])
+        .args([
+            "--name",
+            "steady",
+            "--capabilities",
+            "lease",
+            "--heartbeat",
+            "0.2",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -216,7 +304,9 @@ fn sigterm_drains_running_tasks_and_exits_cleanly() {
     let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
     let mut d = bus.start();
     bus.submit("drain.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { sleep = 1.5 }\n[[task]]\nid = \"b\"\nneeds = [\"x\"]\nafter = [\"a\"]\n");
-    wait_for(Duration::from_secs(10), "a to run", || bus.path("claimed/drain.a.1.w.json").exists().then_some(()));
+    wait_for(Duration::from_secs(10), "a to run", || {
+        bus.path("claimed/drain.a.1.w.json").exists().then_some(())
+    });
     d.signal(nix::sys::signal::Signal::SIGTERM);
     d.wait_message("STOPPING=1", Duration::from_secs(5));
     let status = d.stop();
@@ -225,19 +315,33 @@ fn sigterm_drains_running_tasks_and_exits_cleanly() {
     assert_eq!(bus.json("archive/drain/a.1.result.json")["status"], "ok");
     assert!(!bus.path("claimed/drain.b.1.w.json").exists());
     let _d = bus.start();
-    assert_eq!(bus.wait_report("drain", Duration::from_secs(30)).outcome, Outcome::Succeeded);
+    assert_eq!(
+        bus.wait_report("drain", Duration::from_secs(30)).outcome,
+        Outcome::Succeeded
+    );
 }
 
 #[test]
 fn a_drain_that_times_out_leaves_the_task_to_run_again() {
     let bus = TestBus::with_config(&spawn_worker("w", &["x"], 1), "drain_timeout = \"300ms\"\n");
     let d = bus.start();
-    bus.submit("cut.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { sleep = 2 }\n");
-    wait_for(Duration::from_secs(10), "a to run", || bus.path("claimed/cut.a.1.w.json").exists().then_some(()));
+    bus.submit(
+        "cut.toml",
+        "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { sleep = 2 }\n",
+    );
+    wait_for(Duration::from_secs(10), "a to run", || {
+        bus.path("claimed/cut.a.1.w.json").exists().then_some(())
+    });
     let t0 = Instant::now();
     assert_eq!(d.stop().code(), Some(0));
-    assert!(t0.elapsed() < Duration::from_secs(2), "stopped within the drain timeout and kill grace");
-    assert!(bus.path("claimed/cut.a.1.w.json").exists(), "the claim stays, consistent, for the next start");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "stopped within the drain timeout and kill grace"
+    );
+    assert!(
+        bus.path("claimed/cut.a.1.w.json").exists(),
+        "the claim stays, consistent, for the next start"
+    );
     let _d = bus.start();
     let r = bus.wait_report("cut", Duration::from_secs(30));
     assert_eq!((r.outcome, r.tasks["a"].attempts), (Outcome::Succeeded, 2));
@@ -250,8 +354,12 @@ fn a_service_manager_that_does_not_read_never_stalls_the_daemon() {
     let deaf = bus.dir.path().join("deaf.sock");
     let _sock = std::os::unix::net::UnixDatagram::bind(&deaf).unwrap();
     let _d = Daemon::spawn(&bus, &[("NOTIFY_SOCKET", deaf.to_str().unwrap())]);
-    wait_for(Duration::from_secs(20), "the daemon to be up", || bus.path("status.json").exists().then_some(()));
-    let tasks: String = (0..40).map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"x\"]\ninput = {{ output = {i} }}\n")).collect();
+    wait_for(Duration::from_secs(20), "the daemon to be up", || {
+        bus.path("status.json").exists().then_some(())
+    });
+    let tasks: String = (0..40)
+        .map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"x\"]\ninput = {{ output = {i} }}\n"))
+        .collect();
     bus.submit("many.toml", &tasks);
     let r = bus.wait_report("many", Duration::from_secs(60));
     assert_eq!(r.outcome, Outcome::Succeeded);

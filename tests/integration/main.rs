@@ -5,4 +5,5 @@ mod durability;
 mod end_to_end;
 mod fleet;
 mod shipped;
+mod system;
 mod util;

@@ -92,6 +92,11 @@ impl TestBus {
 
     pub fn in_dir(dir: tempfile::TempDir, fleet: &str, extra: &str) -> TestBus {
         let root = dir.path().join("bus");
+        Self::with_root(dir, root, fleet, extra)
+    }
+
+    /// A bus at `root` (which may be a mount), its files in `dir`.
+    pub fn with_root(dir: tempfile::TempDir, root: PathBuf, fleet: &str, extra: &str) -> TestBus {
         let fleet_path = dir.path().join("fleet.toml");
         let config = dir.path().join("workbusd.toml");
         fs::write(&fleet_path, fleet).unwrap();
@@ -200,7 +205,9 @@ impl Daemon {
         let _ = n;
         let sock_path = bus.dir.path().join(format!("notify-{}.sock", unique()));
         let notify = UnixDatagram::bind(&sock_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = messages.clone();
         std::thread::spawn(move || {
@@ -208,7 +215,9 @@ impl Daemon {
             // Ends when the test drops the daemon (and this Arc is the last).
             while std::sync::Arc::strong_count(&sink) > 1 {
                 if let Ok(n) = notify.recv(&mut buf) {
-                    sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    sink.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 }
             }
         });
@@ -226,7 +235,11 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Daemon { child, log, messages }
+        Daemon {
+            child,
+            log,
+            messages,
+        }
     }
 
     pub fn wait_ready(mut self) -> Daemon {
@@ -238,13 +251,26 @@ impl Daemon {
     pub fn wait_message(&mut self, what: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(m) = self.messages.lock().unwrap().iter().find(|m| m.contains(what)) {
+            if let Some(m) = self
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.contains(what))
+            {
                 return m.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("workbusd exited ({status}) before {what}:\n{}", self.log_text());
+                panic!(
+                    "workbusd exited ({status}) before {what}:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "no {what} from workbusd within {timeout:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no {what} from workbusd within {timeout:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -178,7 +178,9 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::TooLarge { limit });
     }
     let mut buf = Vec::with_capacity(md.len() as usize);
-    (&mut f).take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    (&mut f)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(ReadError::TooLarge { limit });
     }
@@ -302,6 +304,9 @@ mod limit_tests {
     fn an_unlimited_read_does_not_overflow() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a"), b"12").unwrap();
-        assert_eq!(super::read_capped(&d.path().join("a"), u64::MAX).unwrap(), b"12");
+        assert_eq!(
+            super::read_capped(&d.path().join("a"), u64::MAX).unwrap(),
+            b"12"
+        );
     }
 }

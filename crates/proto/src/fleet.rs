@@ -28,7 +28,7 @@ pub enum WorkerMode {
 
 impl fmt::Display for WorkerMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             WorkerMode::Spawn => "spawn",
             WorkerMode::Resident => "resident",
         })

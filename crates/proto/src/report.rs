@@ -23,7 +23,7 @@ pub enum Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Outcome::Succeeded => "succeeded",
             Outcome::Degraded => "degraded",
             Outcome::Failed => "failed",
@@ -68,7 +68,7 @@ impl TaskStateName {
 
 impl fmt::Display for TaskStateName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

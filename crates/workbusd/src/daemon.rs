@@ -63,6 +63,8 @@ pub struct Daemon {
     pub(crate) stopping: Option<Instant>,
     pub(crate) metrics: Metrics,
     pub(crate) last_prune: Option<Instant>,
+    /// The error that last kept `status.json` from being written.
+    pub(crate) status_error: Option<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -117,6 +119,7 @@ impl Daemon {
             stopping: None,
             metrics: Metrics::default(),
             last_prune: None,
+            status_error: None,
             opts,
         };
         daemon.start_watching();

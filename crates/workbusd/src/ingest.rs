@@ -39,6 +39,7 @@ impl Daemon {
         names.sort();
         let any = !names.is_empty();
         for name in names {
+            self.notifier.pet();
             self.ingest(&name);
         }
         any

@@ -42,13 +42,16 @@ impl Daemon {
     /// `.<name>.<pid>.<n>.tmp` files, where that pid is gone).
     pub(crate) fn remove_dead_temporaries(&mut self, dirs: &[std::path::PathBuf]) {
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let Some(name) = name.to_str() else { continue };
                 if let Some(pid) = temporary_owner(name)
                     && pid != std::process::id()
-                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) == Err(nix::errno::Errno::ESRCH)
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+                        == Err(nix::errno::Errno::ESRCH)
                 {
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -58,10 +61,15 @@ impl Daemon {
 
     pub(crate) fn recover(&mut self) {
         let t0 = Instant::now();
-        let mut ours: Vec<std::path::PathBuf> = [Folder::Tasks, Folder::Goals, Folder::Reports, Folder::Rejected]
-            .iter()
-            .map(|f| self.bus.dir(*f))
-            .collect();
+        let mut ours: Vec<std::path::PathBuf> = [
+            Folder::Tasks,
+            Folder::Goals,
+            Folder::Reports,
+            Folder::Rejected,
+        ]
+        .iter()
+        .map(|f| self.bus.dir(*f))
+        .collect();
         ours.push(self.bus.root().to_path_buf());
         let now = Timestamp::now();
         let Some(goal_names) = self.list_folder(Folder::Goals) else {

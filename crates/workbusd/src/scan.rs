@@ -60,6 +60,8 @@ impl Daemon {
         };
         let mut any = false;
         for name in names {
+            // A long burst must not starve the watchdog.
+            self.notifier.pet();
             if self.results_held.contains(&name) {
                 continue;
             }

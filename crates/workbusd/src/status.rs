@@ -92,14 +92,25 @@ impl Daemon {
     pub(crate) fn write_status(&mut self) {
         let status = self.status();
         let root = self.root();
-        if let Err(e) = workbus_bus::write_atomic(&root, "status.json", &json_bytes(&status), false)
-        {
-            tracing::warn!(path = %root.join("status.json").display(), "cannot write the status: {e}");
-        }
         let metrics = self.metrics_text(&status);
-        if let Err(e) = workbus_bus::write_atomic(&root, "metrics.prom", metrics.as_bytes(), false)
-        {
-            tracing::warn!(path = %root.join("metrics.prom").display(), "cannot write metrics: {e}");
+        let written = workbus_bus::write_atomic(&root, "status.json", &json_bytes(&status), false)
+            .and_then(|()| {
+                workbus_bus::write_atomic(&root, "metrics.prom", metrics.as_bytes(), false)
+            });
+        // A full disk must not fill the log: say it once, and say when it ends.
+        match (written, self.status_error.is_some()) {
+            (Err(e), _) => {
+                let msg = e.to_string();
+                if self.status_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(path = %root.join("status.json").display(), "cannot write the status and metrics: {msg}; retrying");
+                    self.status_error = Some(msg);
+                }
+            }
+            (Ok(()), true) => {
+                tracing::info!("status.json is written again");
+                self.status_error = None;
+            }
+            (Ok(()), false) => {}
         }
         let healthy = status.workers.iter().filter(|w| w.healthy).count();
         self.notifier.status(&format!(

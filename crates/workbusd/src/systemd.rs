@@ -26,13 +26,17 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|p| match connect(&p) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("NOTIFY_SOCKET={}: {e}; not notifying systemd", p.to_string_lossy());
+                tracing::warn!(
+                    "NOTIFY_SOCKET={}: {e}; not notifying systemd",
+                    p.to_string_lossy()
+                );
                 None
             }
         });
         let mut usec = 0u64;
-        let watchdog = (socket.is_some() && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
-            .then(|| Duration::from_micros(usec));
+        let watchdog =
+            (socket.is_some() && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+                .then(|| Duration::from_micros(usec));
         Notifier {
             socket,
             watchdog,
@@ -83,7 +87,13 @@ impl Notifier {
     }
 
     pub fn stopping(&self) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining running tasks")], true);
+        self.send(
+            &[
+                NotifyState::Stopping,
+                NotifyState::Status("stopping: draining running tasks"),
+            ],
+            true,
+        );
     }
 
     /// The interval at which the event loop must ping, if the unit set
