@@ -43,7 +43,14 @@
  *
  * Output: one JSON line per measurement on stdout: ops/s, median (mean of the
  * two middle values for an even count), p90 (nearest rank) and max latency in
- * microseconds, mode, state, dir, file-system type, where it ran.
+ * microseconds, mode, state, dir, file-system type, where it ran, and "dev":
+ * what the block device under DIR did meanwhile (write requests, MB written,
+ * flushes and the milliseconds they took, discards), counted for every
+ * process: more than this program's own share means someone else was
+ * writing, and flush_ms/flushes is the device's flush latency; "cpu_ms" and
+ * "run_delay_ms": this program's CPU time and its time spent waiting for a
+ * CPU while runnable -- a run delay much above zero means other processes
+ * competed for the CPUs, and every op that slept (an fsync) paid for it.
  *
  * Where the run directory goes, and why (this machine's ext4 has no journal):
  * in no-journal mode ext4 will not reuse an inode freed less than 60 s ago
@@ -89,11 +96,59 @@ static const char *mode_names[] = {"none", "file", "dir", "file+dir"};
 static const char *state_names[] = {"clean", "churned", "steady"};
 static const char *cleanup_names[] = {"files", "all", "keep"};
 
+/* counters of the block device under DIR (/sys/dev/block/M:m/stat), to see
+ * what the disk did during a measurement -- including for other processes */
+struct devstat {
+	int ok;
+	unsigned long long wr_ios, wr_sectors, wr_ms, discards, flushes, flush_ms;
+};
+
 struct result {
 	long ops;
 	double seconds, median, p90, max;
 	unsigned long long first_ino;
+	struct devstat dev; /* deltas over the measurement */
+	double cpu_ms, run_delay_ms; /* this thread's CPU time and runqueue wait */
 };
+
+/* this thread's CPU time and time spent runnable but waiting for a CPU, in
+ * ns (/proc/thread-self/schedstat); run delay much above zero means others
+ * competed for the CPUs and the latencies include that wait */
+static void sched_read(unsigned long long *cpu_ns, unsigned long long *delay_ns)
+{
+	*cpu_ns = *delay_ns = 0;
+	FILE *f = fopen("/proc/thread-self/schedstat", "r");
+	if (!f)
+		return;
+	if (fscanf(f, "%llu %llu", cpu_ns, delay_ns) != 2)
+		*cpu_ns = *delay_ns = 0;
+	fclose(f);
+}
+
+static char devstat_path[128];
+
+static struct devstat devstat_read(void)
+{
+	struct devstat d = {0};
+	unsigned long long v[17] = {0};
+	FILE *f = devstat_path[0] ? fopen(devstat_path, "r") : NULL;
+	if (!f)
+		return d;
+	int n = 0;
+	while (n < 17 && fscanf(f, "%llu", &v[n]) == 1)
+		n++;
+	fclose(f);
+	if (n < 11)
+		return d;
+	d.ok = 1;
+	d.wr_ios = v[4];
+	d.wr_sectors = v[6];
+	d.wr_ms = v[7];
+	d.discards = n >= 15 ? v[11] : 0;
+	d.flushes = n >= 17 ? v[15] : 0;
+	d.flush_ms = n >= 17 ? v[16] : 0;
+	return d;
+}
 
 static double now_s(void)
 {
@@ -219,6 +274,9 @@ static struct result measure(int dfd, int mode, enum state state, long lag, cons
 	char tmp[64], fin[64], old[64];
 	struct result r = {0};
 	long n = 0, first = *next;
+	struct devstat d0 = devstat_read();
+	unsigned long long cpu0, delay0, cpu1, delay1;
+	sched_read(&cpu0, &delay0);
 	double t0 = now_s(), tend = t0 + seconds, t = t0;
 	while (n < max_ops && t < tend) {
 		long i = first + n;
@@ -250,6 +308,19 @@ static struct result measure(int dfd, int mode, enum state state, long lag, cons
 		double t2 = now_s();
 		lat[n++] = (t2 - t) * 1e6;
 		t = t2;
+	}
+	sched_read(&cpu1, &delay1);
+	r.cpu_ms = (cpu1 - cpu0) / 1e6;
+	r.run_delay_ms = (delay1 - delay0) / 1e6;
+	struct devstat d1 = devstat_read();
+	if (d0.ok && d1.ok) {
+		r.dev.ok = 1;
+		r.dev.wr_ios = d1.wr_ios - d0.wr_ios;
+		r.dev.wr_sectors = d1.wr_sectors - d0.wr_sectors;
+		r.dev.wr_ms = d1.wr_ms - d0.wr_ms;
+		r.dev.discards = d1.discards - d0.discards;
+		r.dev.flushes = d1.flushes - d0.flushes;
+		r.dev.flush_ms = d1.flush_ms - d0.flush_ms;
 	}
 	*next = first + n;
 	if (state == S_STEADY) {
@@ -341,6 +412,12 @@ int main(int argc, char **argv)
 		die("statfs", dir);
 	char fstype[64];
 	fs_type_of(dir, fstype, sizeof fstype);
+	struct stat dst;
+	if (stat(dir, &dst) != 0)
+		die("stat", dir);
+	if (major(dst.st_dev) != 0) /* tmpfs has no block device */
+		snprintf(devstat_path, sizeof devstat_path, "/sys/dev/block/%u:%u/stat",
+			 major(dst.st_dev), minor(dst.st_dev));
 
 	/* the run directory: DIR/.workbus-limits/run-<pid>-<realtime ns> */
 	char base[4096], run[4200];
@@ -367,8 +444,8 @@ int main(int argc, char **argv)
 		 rt.tv_nsec);
 	if (mkdir(run, 0755) != 0)
 		die("mkdir", run);
-	struct stat rst, dst;
-	if (stat(run, &rst) != 0 || stat(dir, &dst) != 0)
+	struct stat rst;
+	if (stat(run, &rst) != 0)
 		die("stat", run);
 	int dfd = open(run, O_RDONLY | O_DIRECTORY);
 	if (dfd < 0)
@@ -454,6 +531,12 @@ int main(int argc, char **argv)
 			printf(",\"lag\":%ld", lag);
 		if (series > 1)
 			printf(",\"burst\":%ld,\"since_start_s\":%.2f", k, since[k]);
+		printf(",\"cpu_ms\":%.1f,\"run_delay_ms\":%.1f", r->cpu_ms, r->run_delay_ms);
+		if (r->dev.ok)
+			printf(",\"dev\":{\"write_ios\":%llu,\"write_mb\":%.2f,\"write_ms\":%llu,"
+			       "\"discards\":%llu,\"flushes\":%llu,\"flush_ms\":%llu}",
+			       r->dev.wr_ios, r->dev.wr_sectors / 2048.0, r->dev.wr_ms, r->dev.discards,
+			       r->dev.flushes, r->dev.flush_ms);
 		printf(",\"run_dir\":");
 		json_str(run);
 		printf(",\"run_dir_ino\":%llu,\"dir_ino\":%llu,\"first_file_ino\":%llu,\"spread\":%s",

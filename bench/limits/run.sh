@@ -20,6 +20,13 @@
 #                      none) every 5 s for 6 minutes (shows how long the
 #                      churned slowdown lasts; adds 6 minutes)
 #   --test-proctree    also run test_proctree.py (the W3 idle meter's check)
+#   --quiet-busy F     before each measurement, wait (up to --quiet-max s,
+#                      default 30) until other processes use less than F of
+#                      the CPUs (default 0.10); 1 turns waiting off
+#   --retries N        re-measure a contended run (one that spent > 10 % of
+#                      its time waiting for a CPU; see quiet.py), up to N more
+#                      times (default 2); every attempt is kept in the JSON
+#                      lines ("attempt"), the summary uses the last one
 #   --out FILE         JSON lines (default bench/results/limits-<date>.jsonl)
 #   --build DIR        where the binaries go (default bench/build)
 #
@@ -49,6 +56,9 @@ spawn_n=500
 inflight="1,4"
 methods="posix_spawn,fork"
 decay_dir=""
+quiet_busy=0.10
+quiet_max=30
+retries=2
 test_proctree=0
 out=""
 build="$bench/build"
@@ -71,6 +81,9 @@ while [ $# -gt 0 ]; do
 	--methods) methods="$2"; shift 2 ;;
 	--decay) decay_dir="$2"; shift 2 ;;
 	--test-proctree) test_proctree=1; shift ;;
+	--quiet-busy) quiet_busy="$2"; shift 2 ;;
+	--quiet-max) quiet_max="$2"; shift 2 ;;
+	--retries) retries="$2"; shift 2 ;;
 	--out) out="$2"; shift 2 ;;
 	--build) build="$2"; shift 2 ;;
 	-h|--help) usage 0 ;;
@@ -110,6 +123,24 @@ host_line() {
 host_line >>"$out"
 echo "run.sh: JSON lines -> $out" >&2
 
+# measure: run a probe command until it was not contended (or out of retries);
+# appends every attempt to $out, annotated; prints the last line
+measure() {
+	local attempt=0 line q
+	while :; do
+		q=$(python3 "$here/quiet.py" wait --busy "$quiet_busy" --max "$quiet_max")
+		line=$("$@")
+		line=$(sed -E "s/\}\$/,\"attempt\":$attempt,\"quiet_wait_s\":${q% *},\"busy_before\":${q#* }}/" <<<"$line")
+		if python3 "$here/quiet.py" contended "$line" || [ "$attempt" -ge "$retries" ]; then
+			echo "${line/\"attempt\"/\"final\":true,\"attempt\"}" >>"$out"
+			echo "$line"
+			return
+		fi
+		echo "$line" >>"$out"
+		attempt=$((attempt + 1))
+	done
+}
+
 t_start=$(date +%s)
 for ((rep = 1; rep <= reps; rep++)); do
 	if [ "$do_publish" = 1 ]; then
@@ -118,8 +149,7 @@ for ((rep = 1; rep <= reps; rep++)); do
 				for m in "${mode_list[@]}"; do
 					secs=$sec_fsync
 					[ "$m" = none ] && secs=$sec_none
-					line=$("$build/publish" --state "$s" --label "rep=$rep" "$d" "$m" "$secs" "$max_ops")
-					echo "$line" >>"$out"
+					line=$(measure "$build/publish" --state "$s" --label "rep=$rep" "$d" "$m" "$secs" "$max_ops")
 					printf '  rep %d  %-10s %-8s %-8s %s\n' "$rep" "$d" "$s" "$m" \
 						"$(sed -E 's/.*"ops_per_s":([0-9.]+).*"lat_us_median":([0-9.]+).*/\1 ops\/s, median \2 us/' <<<"$line")" >&2
 				done
@@ -129,8 +159,7 @@ for ((rep = 1; rep <= reps; rep++)); do
 	if [ "$do_spawn" = 1 ]; then
 		for k in "${inflight_list[@]}"; do
 			for m in "${method_list[@]}"; do
-				line=$("$build/spawn" --n "$spawn_n" --inflight "$k" --method "$m")
-				echo "$line" | sed "s/}\$/,\"label\":\"rep=$rep\"}/" >>"$out"
+				line=$(measure "$build/spawn" --n "$spawn_n" --inflight "$k" --method "$m" --label "rep=$rep")
 				printf '  rep %d  spawn %-11s x%-2s %s\n' "$rep" "$m" "$k" \
 					"$(sed -E 's/.*"tasks_per_s":([0-9.]+).*/\1 tasks\/s/' <<<"$line")" >&2
 			done

@@ -3,6 +3,7 @@
  * and wait for each, keeping K children in flight, with no bus and no broker.
  *
  *   spawn [--n N] [--inflight K] [--method posix_spawn|fork|all] [--prog PATH]
+ *         [--label S]
  *
  *   N        children in all (default 500)
  *   K        children running at once (default 1 = sequential)
@@ -10,7 +11,11 @@
  *            fork (fork + execve), or all (default: both, one after the other)
  *
  * Prints one JSON line per method: wall seconds, tasks/s, failures (a child
- * that did not exit 0 counts as a failure, as `check=True` would).
+ * that did not exit 0 counts as a failure, as `check=True` would), and the
+ * parent's run delay (time it waited for a CPU while runnable: with K
+ * children in flight on fewer CPUs, mostly its own children's doing), the CPU
+ * time of the parent and its children, and "others_cpu_pct": the share of
+ * the machine's CPU time used meanwhile by everything else (10 ms ticks).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,10 +37,50 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* this thread's runqueue wait in ns (/proc/thread-self/schedstat, field 2):
+ * well above zero means other processes competed for the CPUs */
+static unsigned long long run_delay_ns(void)
+{
+	unsigned long long cpu = 0, delay = 0;
+	FILE *f = fopen("/proc/thread-self/schedstat", "r");
+	if (f) {
+		if (fscanf(f, "%llu %llu", &cpu, &delay) != 2)
+			delay = 0;
+		fclose(f);
+	}
+	return delay;
+}
+
+/* busy CPU time of the whole machine in s (/proc/stat, all but idle, iowait,
+ * steal and guest, which user/nice already count) */
+static double machine_busy_s(void)
+{
+	unsigned long long v[8] = {0};
+	FILE *f = fopen("/proc/stat", "r");
+	if (!f)
+		return 0;
+	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		       &v[4], &v[5], &v[6], &v[7]);
+	fclose(f);
+	if (n < 7)
+		return 0;
+	return (double)(v[0] + v[1] + v[2] + v[5] + v[6]) / sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time of this process and of its reaped children, in s */
+static double own_cpu_s(void)
+{
+	struct rusage s, c;
+	getrusage(RUSAGE_SELF, &s);
+	getrusage(RUSAGE_CHILDREN, &c);
+	return s.ru_utime.tv_sec + s.ru_stime.tv_sec + c.ru_utime.tv_sec + c.ru_stime.tv_sec +
+	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec) / 1e6;
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: spawn [--n N] [--inflight K] [--method posix_spawn|fork|all] "
-			"[--prog PATH]\n");
+			"[--prog PATH] [--label S]\n");
 	exit(2);
 }
 
@@ -59,9 +105,13 @@ static pid_t start(int use_fork, const char *prog)
 	return pid;
 }
 
+static const char *label = "";
+
 static void run(int use_fork, long n, long k, const char *prog)
 {
 	long started = 0, running = 0, failed = 0, done = 0;
+	unsigned long long d0 = run_delay_ns();
+	double busy0 = machine_busy_s(), own0 = own_cpu_s();
 	double t0 = now_s();
 	while (done < n) {
 		while (running < k && started < n) {
@@ -86,10 +136,18 @@ static void run(int use_fork, long n, long k, const char *prog)
 			failed++;
 	}
 	double wall = now_s() - t0;
+	double delay_ms = (run_delay_ns() - d0) / 1e6;
+	double own = own_cpu_s() - own0, busy = machine_busy_s() - busy0;
+	double others = busy - own; /* ticks of 10 ms: coarse */
+	if (others < 0)
+		others = 0;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	printf("{\"probe\":\"spawn\",\"method\":\"%s\",\"prog\":\"%s\",\"n\":%ld,\"inflight\":%ld,"
-	       "\"wall_s\":%.4f,\"tasks_per_s\":%.1f,\"us_per_task\":%.1f,\"failed\":%ld}\n",
+	       "\"wall_s\":%.4f,\"tasks_per_s\":%.1f,\"us_per_task\":%.1f,\"failed\":%ld,"
+	       "\"run_delay_ms\":%.1f,\"own_cpu_s\":%.3f,\"others_cpu_pct\":%.1f,"
+	       "\"label\":\"%s\"}\n",
 	       use_fork ? "fork+exec" : "posix_spawn", prog, n, k, wall, n / wall, wall / n * 1e6,
-	       failed);
+	       failed, delay_ms, own, 100 * others / (ncpu * wall), label);
 	fflush(stdout);
 }
 
@@ -109,6 +167,8 @@ int main(int argc, char **argv)
 			method = v;
 		else if (!strcmp(o, "--prog"))
 			prog = v;
+		else if (!strcmp(o, "--label"))
+			label = v; /* copied as is: no quotes or backslashes */
 		else
 			usage();
 	}

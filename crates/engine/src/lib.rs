@@ -183,6 +183,8 @@ pub enum Effect {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// Per-task detail (a claim): useful when following one task.
+    Debug,
     Info,
     Warn,
 }
@@ -673,7 +675,12 @@ impl Engine {
         match &t.state {
             TaskState::Queued { record, .. } => {
                 let record = record.clone();
-                out.push(note_key(Level::Info, &key, Some(&worker), "claimed".into()));
+                out.push(note_key(
+                    Level::Debug,
+                    &key,
+                    Some(&worker),
+                    "claimed".into(),
+                ));
                 self.set_running(now, &key.goal, ti, Some(worker), false, record);
             }
             TaskState::Running {

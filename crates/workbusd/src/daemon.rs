@@ -52,6 +52,8 @@ pub struct Daemon {
     /// Spawned processes in flight.
     pub(crate) spawns: HashMap<AttemptKey, SpawnHandle>,
     pub(crate) pending: Pending,
+    /// Attempts to move into the archive at the end of this loop turn.
+    archive_queue: Vec<AttemptKey>,
     /// `archive/<goal>/` folders known to exist.
     archive_dirs: HashSet<Id>,
     status_dirty: bool,
@@ -111,6 +113,7 @@ impl Daemon {
             results_held: HashSet::new(),
             spawns: HashMap::new(),
             pending: Pending::default(),
+            archive_queue: Vec::new(),
             archive_dirs: HashSet::new(),
             status_dirty: true,
             last_status: None,
@@ -145,6 +148,7 @@ impl Daemon {
             daemon.dirty.insert(f);
         }
         daemon.rescan_dirty();
+        daemon.flush_archive();
         daemon.supervise_residents();
         daemon.prune_archive();
         daemon.write_status();
@@ -221,6 +225,7 @@ impl Daemon {
             }
             self.on_timers();
             self.rescan_dirty();
+            self.flush_archive();
             self.notifier.pet();
             if self.stopping.is_some() && self.stop_done() {
                 break;
@@ -406,7 +411,13 @@ impl Daemon {
                         self.cfg.fsync,
                     );
                 }
-                Effect::Archive { key } => self.archive_attempt(&key),
+                Effect::Archive { key } => {
+                    // Moved at the end of the loop turn, after the tasks
+                    // this released are published: renames out of results/
+                    // wait on a worker's fsync of that folder.
+                    self.results_held.insert(key.file_name());
+                    self.archive_queue.push(key);
+                }
                 Effect::Stale { key, reason: _ } => {
                     self.metrics.stale_results += 1;
                     self.archive_result(&key, true);
@@ -454,14 +465,26 @@ impl Daemon {
         self.archive_dirs.insert(goal.clone());
     }
 
+    /// Carries out the archive moves queued during this loop turn.
+    pub(crate) fn flush_archive(&mut self) {
+        for key in std::mem::take(&mut self.archive_queue) {
+            self.archive_attempt(&key);
+        }
+    }
+
     /// Moves an attempt's files out of the hot folders.
     fn archive_attempt(&mut self, key: &AttemptKey) {
         self.ensure_archive_dir(&key.goal);
         let task_dst = self.bus.archive_path(key, ArchiveKind::Task);
-        let _ = rename_if_there(&self.bus.task_path(key), &task_dst);
-        if let Some(name) = self.claim_names.remove(key) {
-            self.claims_seen.remove(&name);
-            let _ = rename_if_there(&self.bus.path(Folder::Claimed, &name), &task_dst);
+        // A claimed task is no longer in tasks/: one rename, not two.
+        match self.claim_names.remove(key) {
+            Some(name) => {
+                self.claims_seen.remove(&name);
+                let _ = rename_if_there(&self.bus.path(Folder::Claimed, &name), &task_dst);
+            }
+            None => {
+                let _ = rename_if_there(&self.bus.task_path(key), &task_dst);
+            }
         }
         self.archive_result(key, false);
     }
@@ -679,6 +702,14 @@ pub(crate) fn log_note(n: &Note) {
         },
     };
     match n.level {
+        Level::Debug => tracing::debug!(
+            GOAL = goal,
+            TASK = task,
+            ATTEMPT = n.attempt,
+            WORKER = worker,
+            "{prefix}{}",
+            n.message
+        ),
         Level::Info => tracing::info!(
             GOAL = goal,
             TASK = task,

@@ -102,27 +102,35 @@ impl Daemon {
             format,
             text,
         });
-        // The goal is accepted once goals/<id>.json is durable; only then
-        // does the dropped file leave the inbox.
+        // Accepting is: goals/<id>.json written, the first tasks published,
+        // then goals/<id>.json made durable (while the workers already
+        // work: the fsync is off their path), then the dropped file leaves
+        // the inbox. A crash before the last step leaves the file in the
+        // inbox; recovery finds it is this accepted goal and finishes the move.
         let goals = self.bus.dir(Folder::Goals);
-        if let Err(e) = workbus_bus::write_atomic(
-            &goals,
-            &format!("{}.json", goal.id),
-            &json_bytes(&goal),
-            self.cfg.fsync,
-        ) {
+        let file = format!("{}.json", goal.id);
+        if let Err(e) = workbus_bus::write_atomic(&goals, &file, &json_bytes(&goal), false) {
             tracing::error!(path = %goals.display(), "cannot accept goal {}: {e}; it stays in the inbox and is retried", goal.id);
             self.rescan_later(Folder::Inbox, Duration::from_secs(1));
             return;
         }
         self.metrics.goals_accepted += 1;
-        self.keep_source(&goal.id, name, format);
-        tracing::info!(
-            GOAL = goal.id.as_str(),
-            "{}: accepted from inbox/{name}",
-            goal.id
-        );
+        let id = goal.id.clone();
+        self.ensure_archive_dir(&id);
+        tracing::info!(GOAL = id.as_str(), "{id}: accepted from inbox/{name}");
         self.feed(Input::Goal(goal));
+        if self.cfg.fsync {
+            let durable = workbus_bus::sync_file(&goals.join(&file))
+                .and_then(|()| workbus_bus::sync_dir(&goals))
+                .and_then(|()| workbus_bus::sync_dir(&self.bus.dir(Folder::Archive)));
+            if let Err(e) = durable {
+                // Running, but not yet safe from a power cut: the dropped
+                // file stays in the inbox as the durable copy.
+                tracing::error!(GOAL = id.as_str(), path = %goals.join(&file).display(), "cannot make goal {id} durable: {e}; its file stays in the inbox");
+                return;
+            }
+        }
+        self.keep_source(&id, name, format);
         self.maybe_wedge(name);
     }
 

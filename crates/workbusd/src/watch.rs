@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 use workbus_bus::{Bus, Folder};
@@ -126,8 +127,16 @@ impl FsWatcher {
                     let _ = tx.send(Event::Rescan("the inotify queue overflowed".into()));
                     return;
                 }
-                // Opening and reading (ours or a worker's) changes nothing.
-                if matches!(ev.kind, EventKind::Access(_) | EventKind::Remove(_)) {
+                // Opening and reading, removing, renaming away, changing
+                // metadata: nothing new to see in the folder.
+                if matches!(
+                    ev.kind,
+                    EventKind::Access(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(
+                            ModifyKind::Metadata(_) | ModifyKind::Name(RenameMode::From)
+                        )
+                ) {
                     return;
                 }
                 for p in &ev.paths {

@@ -1,0 +1,1 @@
+//! Benchmark tools for workbus (see docs/PERFORMANCE.md).
