@@ -332,3 +332,115 @@ fn the_example_shell_worker_answers_both_ways() {
         Some("task none has no prompt to count")
     );
 }
+
+#[test]
+fn a_changed_resident_worker_drains_and_restarts_while_others_run_on() {
+    let bus = TestBus::with_config(
+        &format!(
+            "{}{}",
+            resident("a", &["echo"], 1),
+            spawn_worker("s", &["slow"], 1)
+        ),
+        "restart_backoff = \"100ms\"\n",
+    );
+    let d = bus.start();
+    let first = wait_for(Duration::from_secs(20), "a's heartbeat", || {
+        pid_of(&bus, "a")
+    });
+    bus.submit("during.toml", "[[task]]\nid = \"long\"\nneeds = [\"slow\"]\ninput = { sleep = 2 }\n[[task]]\nid = \"echo\"\nneeds = [\"echo\"]\ninput = { sleep = 1 }\n");
+    wait_for(Duration::from_secs(20), "a to hold its task", || {
+        bus.path("claimed/during.echo.1.a.json")
+            .exists()
+            .then_some(())
+    });
+    // a gets one more capability: it finishes what it holds, then restarts.
+    fs::write(
+        &bus.fleet,
+        format!(
+            "{}{}",
+            resident("a", &["echo", "more"], 1),
+            spawn_worker("s", &["slow"], 1)
+        ),
+    )
+    .unwrap();
+    d.wait_log("changed [a]", Duration::from_secs(10));
+    let second = wait_for(Duration::from_secs(20), "a new process for a", || {
+        pid_of(&bus, "a").filter(|p| *p != first)
+    });
+    assert_ne!(first, second);
+    let r = bus.wait_report("during", Duration::from_secs(30));
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(
+        r.tasks["echo"].attempts, 1,
+        "the drained worker finished its task"
+    );
+    assert_eq!(
+        r.tasks["long"].attempts, 1,
+        "the untouched worker's task was not disturbed"
+    );
+    bus.submit("more.toml", "[[task]]\nid = \"m\"\nneeds = [\"more\"]\n");
+    assert_eq!(
+        bus.wait_report("more", Duration::from_secs(30)).tasks["m"]
+            .worker
+            .as_deref(),
+        Some("a")
+    );
+}
+
+#[test]
+fn a_waiting_task_takes_an_external_worker_that_appears() {
+    let bus = TestBus::with_config("", "capability_grace = \"60s\"\n");
+    let _d = bus.start();
+    bus.submit(
+        "early.toml",
+        "[[task]]\nid = \"t\"\nneeds = [\"late\"]\ninput = \"hello\"\n",
+    );
+    wait_for(Duration::from_secs(10), "the task to wait", || {
+        bus.path("tasks/early.t.1.json").exists().then_some(())
+    });
+    let mut ext = std::process::Command::new("python3")
+        .arg(example("worker.py"))
+        .arg("--root")
+        .arg(&bus.root)
+        .args(["--name", "latecomer", "--capabilities", "late"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = bus.wait_report("early", Duration::from_secs(30));
+    let _ = ext.kill();
+    let _ = ext.wait();
+    assert_eq!(
+        (r.outcome, r.tasks["t"].worker.as_deref()),
+        (Outcome::Succeeded, Some("latecomer"))
+    );
+}
+
+#[test]
+fn a_crash_looping_worker_is_tried_again_after_its_cool_down() {
+    let flag = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let flag_path = flag.to_path_buf();
+    std::fs::remove_file(&flag_path).unwrap();
+    let fleet = format!(
+        "[[worker]]\nname = \"mend\"\nmode = \"resident\"\ncapabilities = [\"mend\"]\ncommand = [\"/bin/sh\", \"-c\", \"test -e {} || exit 1; exec python3 {}\"]\n",
+        flag_path.display(),
+        example("worker.py")
+    );
+    let bus = TestBus::with_config(
+        &fleet,
+        "restart_backoff = \"50ms\"\ncrash_loop_restarts = 3\ncrash_loop_cooldown = \"2s\"\ncapability_grace = \"60s\"\n",
+    );
+    let d = bus.start();
+    d.wait_log("worker mend: crash loop", Duration::from_secs(20));
+    bus.submit("mend.toml", "[[task]]\nid = \"t\"\nneeds = [\"mend\"]\n");
+    fs::write(&flag_path, "").unwrap();
+    d.wait_log(
+        "worker mend: cool-down over, trying it again",
+        Duration::from_secs(20),
+    );
+    let r = bus.wait_report("mend", Duration::from_secs(30));
+    assert_eq!(
+        (r.outcome, r.tasks["t"].worker.as_deref()),
+        (Outcome::Succeeded, Some("mend"))
+    );
+    let _ = fs::remove_file(&flag_path);
+}

@@ -755,3 +755,25 @@ fn backoff_grows_and_caps() {
         [1, 2, 4, 8, 10, 10]
     );
 }
+
+#[test]
+fn max_running_caps_spawned_processes_over_all_workers() {
+    let mut h = H::new(vec![
+        spawn_worker("a", &["x"], 4),
+        spawn_worker("b", &["x"], 4),
+    ]);
+    h.e.cfg.max_running = 3;
+    let text: String = (0..6)
+        .map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"x\"]\n"))
+        .collect();
+    let fx = h.input(Input::Goal(goal(&format!("id = \"g\"\n{text}"))));
+    assert_eq!(dispatched(&fx).len(), 3);
+    assert_eq!(h.e.spawned(), 3);
+    let first = dispatched(&fx)[0].1.clone();
+    assert_eq!(
+        dispatched(&h.ok(&key("g", &first, 1), json!(1))).len(),
+        1,
+        "one ends, one starts"
+    );
+    assert_eq!(h.e.spawned(), 3);
+}

@@ -120,7 +120,12 @@ impl FleetState {
         let workers = fleet
             .worker
             .into_iter()
-            .map(|w| (w.name.clone(), FleetWorker::new(w, cfg)))
+            .map(|w| {
+                let mut fw = FleetWorker::new(w, cfg);
+                // Resident workers are due to start: healthy, not withdrawn.
+                fw.restart_at = fw.resident().then(Instant::now);
+                (fw.spec.name.clone(), fw)
+            })
             .collect();
         FleetState {
             workers,

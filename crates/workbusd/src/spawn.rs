@@ -385,7 +385,9 @@ impl Daemon {
                 let sink = line_sink(log, String::new(), String::new(), 0, name.to_string());
                 let tx = self.tx.clone();
                 let worker = name.clone();
-                let grace = self.cfg.kill_grace.0;
+                // Asked to stop (a drain), a resident worker may finish what
+                // it holds: SIGKILL comes only after drain_timeout.
+                let grace = self.cfg.drain_timeout.0;
                 tokio::spawn(async move {
                     let exit = running.wait(sink, stop_rx, grace).await;
                     let _ = tx.send(Event::ResidentExited {
