@@ -364,3 +364,36 @@ fn a_service_manager_that_does_not_read_never_stalls_the_daemon() {
     let r = bus.wait_report("many", Duration::from_secs(60));
     assert_eq!(r.outcome, Outcome::Succeeded);
 }
+
+#[test]
+fn task_processes_left_by_a_killed_daemon_are_stopped_at_the_next_start() {
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 1));
+    let d = bus.start();
+    let pidfile = bus.dir.path().join("pid.json");
+    bus.submit(
+        "orphan.toml",
+        &format!("[[task]]\nid = \"t\"\nneeds = [\"x\"]\ninput = {{ sleep_first = 600, children = 1, pidfile = {:?} }}\n", pidfile.display().to_string()),
+    );
+    let pids = wait_for(Duration::from_secs(20), "the task to run", || {
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&pidfile).ok()?).ok()
+    });
+    let pgid = pids["pgid"].as_i64().unwrap() as i32;
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !group_members(pgid).is_empty(),
+        "without systemd, the task outlives the killed daemon"
+    );
+    let d = bus.start();
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned group to be stopped",
+        || group_members(pgid).is_empty().then_some(()),
+    );
+    assert!(
+        d.log_text()
+            .contains("stopped 1 task process group(s) left running by a previous daemon")
+    );
+    let r = bus.wait_report("orphan", Duration::from_secs(30));
+    assert_eq!((r.outcome, r.tasks["t"].attempts), (Outcome::Succeeded, 2));
+}

@@ -329,6 +329,23 @@ impl Engine {
             .is_some_and(|(_, t)| t.attempt == key.attempt && t.state.is_active())
     }
 
+    /// Whether some queued task may be claimed by a bus worker (a resident
+    /// or external worker that offers its needs), so claims are worth
+    /// looking for.
+    pub fn awaits_bus_claims(&self) -> bool {
+        let bus_workers: Vec<&WorkerView> = self
+            .workers
+            .views
+            .values()
+            .filter(|w| !matches!(w.kind, WorkerKind::Spawn { .. }))
+            .collect();
+        !bus_workers.is_empty()
+            && self.queue.iter().any(|(_, _, g, ti)| {
+                let needs = &self.goals[g].tasks[*ti as usize].spec.needs;
+                bus_workers.iter().any(|w| w.offers(needs))
+            })
+    }
+
     /// Goals in flight.
     pub fn goals_in_flight(&self) -> usize {
         self.goals.len()

@@ -32,6 +32,11 @@ pub struct Spec {
     pub stdout_cap: u64,
     /// Keep this many bytes of the end of stderr.
     pub stderr_tail: usize,
+    /// Kill it (SIGKILL) when the daemon dies (`PR_SET_PDEATHSIG`). This
+    /// needs code between fork and exec, so the process is forked rather
+    /// than started with the cheaper `posix_spawn`; without it an orphan is
+    /// the caller's to find and stop.
+    pub die_with_daemon: bool,
 }
 
 /// Which output a line came from.
@@ -127,6 +132,7 @@ impl Spec {
                 .env("LOGNAME", &id.user);
         }
         let parent = getpid();
+        let die_with_daemon = self.die_with_daemon;
         let ident = self.identity.as_ref().map(|i| {
             (
                 Uid::from_raw(i.uid),
@@ -139,30 +145,34 @@ impl Spec {
         });
         // SAFETY: the closure runs between fork and exec and only makes
         // async-signal-safe system calls on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some((uid, gid, groups)) = &ident {
-                    setgroups(groups)?;
-                    setgid(*gid)?;
-                    setuid(*uid)?;
-                }
-                // After setuid: a change of credentials clears the setting.
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if getppid() != parent {
-                    // The daemon died between fork and prctl.
-                    return Err(io::Error::other("the daemon is gone"));
-                }
-                Ok(())
-            });
+        // Without it, std starts the process with posix_spawn (vfork+exec).
+        if ident.is_some() || die_with_daemon {
+            unsafe {
+                cmd.pre_exec(move || {
+                    if let Some((uid, gid, groups)) = &ident {
+                        setgroups(groups)?;
+                        setgid(*gid)?;
+                        setuid(*uid)?;
+                    }
+                    // After setuid: a change of credentials clears the setting.
+                    if die_with_daemon
+                        && libc::prctl(
+                            libc::PR_SET_PDEATHSIG,
+                            libc::SIGKILL as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if die_with_daemon && getppid() != parent {
+                        // The daemon died between fork and prctl.
+                        return Err(io::Error::other("the daemon is gone"));
+                    }
+                    Ok(())
+                })
+            };
         }
         let child = cmd
             .spawn()

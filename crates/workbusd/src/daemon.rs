@@ -18,11 +18,16 @@ use crate::Options;
 use crate::event::{Event, Signal};
 use crate::fleet::{FleetState, load_fleet_file};
 use crate::lock::InstanceLock;
-use crate::pending::{Op, Pending};
-use crate::spawn::SpawnHandle;
+use crate::pending::Pending;
+use crate::spawn::{Claim, SpawnHandle};
 use crate::status::Metrics;
 use crate::systemd::Notifier;
 use crate::watch::{self, FsWatcher, Poller, WatchChoice};
+
+/// Results are made durable in batches, at least this often...
+const UNSYNCED_MAX_AGE: Duration = Duration::from_secs(1);
+/// ...and at least every this many.
+const UNSYNCED_MAX: usize = 1024;
 
 /// The daemon and everything it owns.
 pub struct Daemon {
@@ -41,6 +46,8 @@ pub struct Daemon {
     pub(crate) started_at: Timestamp,
     /// Folders to rescan before the loop sleeps again.
     dirty: BTreeSet<Folder>,
+    /// When `claimed/` is next scanned, while bus workers have tasks to claim.
+    next_claim_scan: Option<Instant>,
     /// Folders to rescan later (after a transient error).
     rescan_at: Option<(Instant, BTreeSet<Folder>)>,
     next_safety_rescan: Instant,
@@ -52,6 +59,8 @@ pub struct Daemon {
     /// Spawned processes in flight.
     pub(crate) spawns: HashMap<AttemptKey, SpawnHandle>,
     pub(crate) pending: Pending,
+    /// Results written without fsync, to be made durable together.
+    pub(crate) unsynced: workbus_bus::WriteBatch,
     /// Attempts to move into the archive at the end of this loop turn.
     archive_queue: Vec<AttemptKey>,
     /// `archive/<goal>/` folders known to exist.
@@ -107,6 +116,7 @@ impl Daemon {
             started_at: Timestamp::now(),
             dirty: BTreeSet::new(),
             rescan_at: None,
+            next_claim_scan: None,
             next_safety_rescan: Instant::now() + cfg.rescan_interval.0,
             claims_seen: HashSet::new(),
             claim_names: HashMap::new(),
@@ -114,6 +124,7 @@ impl Daemon {
             spawns: HashMap::new(),
             pending: Pending::default(),
             archive_queue: Vec::new(),
+            unsynced: workbus_bus::WriteBatch::new(true),
             archive_dirs: HashSet::new(),
             status_dirty: true,
             last_status: None,
@@ -226,6 +237,9 @@ impl Daemon {
             self.on_timers();
             self.rescan_dirty();
             self.flush_archive();
+            if self.next_claim_scan.is_none() && self.engine.awaits_bus_claims() {
+                self.next_claim_scan = Some(Instant::now() + watch::CLAIM_SCAN);
+            }
             self.notifier.pet();
             if self.stopping.is_some() && self.stop_done() {
                 break;
@@ -254,6 +268,8 @@ impl Daemon {
             self.pending.next_try(),
             self.rescan_at.as_ref().map(|(at, _)| *at),
             self.fleet_reload_at,
+            self.next_claim_scan,
+            self.unsynced.oldest().map(|t| t + UNSYNCED_MAX_AGE),
             self.fleet.next_wake(),
             self.notifier.next_ping(),
             self.stopping,
@@ -272,11 +288,11 @@ impl Daemon {
             }
             Event::Rescan(why) => {
                 tracing::warn!("rescanning every folder: {why}");
-                self.dirty.extend(watch::WATCHED);
+                self.dirty.extend(watch::SCANNED);
             }
             Event::WatchError(e) => {
                 tracing::warn!("watch error: {e}; rescanning every folder");
-                self.dirty.extend(watch::WATCHED);
+                self.dirty.extend(watch::SCANNED);
             }
             Event::FleetFile => {
                 // Editors write in several steps: wait for the last one.
@@ -303,8 +319,8 @@ impl Daemon {
             self.feed(Input::Tick);
         }
         if self.pending.next_try().is_some_and(|t| t <= now) {
-            for (worker, record) in self.pending.retry() {
-                self.start_spawn(worker, record);
+            for (worker, record, how) in self.pending.retry() {
+                self.start_spawn(worker, record, how);
             }
         }
         if let Some((at, _)) = &self.rescan_at
@@ -316,15 +332,27 @@ impl Daemon {
         if let Some((_, at)) = &self.poller
             && *at <= now
         {
-            self.dirty.extend(watch::WATCHED);
+            self.dirty.extend(watch::SCANNED);
             self.check_fleet_mtime();
+        }
+        if self
+            .unsynced
+            .oldest()
+            .is_some_and(|t| t + UNSYNCED_MAX_AGE <= now)
+            || self.unsynced.len() >= UNSYNCED_MAX
+        {
+            self.make_durable();
+        }
+        if self.next_claim_scan.is_some_and(|t| t <= now) {
+            self.next_claim_scan = None;
+            self.dirty.insert(Folder::Claimed);
         }
         if self.fleet_reload_at.is_some_and(|t| t <= now) {
             self.fleet_reload_at = None;
             self.reload_fleet("the fleet file changed");
         }
         if self.engine.goals_in_flight() > 0 && self.next_safety_rescan <= now {
-            self.dirty.extend(watch::WATCHED);
+            self.dirty.extend(watch::SCANNED);
         }
         if self.fleet.next_wake().is_some_and(|t| t <= now) {
             self.supervise_residents();
@@ -345,7 +373,11 @@ impl Daemon {
             .poller
             .as_ref()
             .is_some_and(|(_, at)| *at <= Instant::now());
-        let all = self.dirty.len() == watch::WATCHED.len();
+        if self.dirty.contains(&Folder::Results) {
+            // A result's claim is scanned first, so that it is archived with it.
+            self.dirty.insert(Folder::Claimed);
+        }
+        let all = self.dirty.len() == watch::SCANNED.len();
         let mut activity = false;
         while let Some(f) = self.dirty.pop_first() {
             activity |= match f {
@@ -394,10 +426,37 @@ impl Daemon {
     }
 
     pub(crate) fn apply(&mut self, effects: Vec<Effect>) {
+        // Results not yet durable must be before anything derived from them
+        // is written: a task released by them, or a goal's report.
+        if !self.unsynced.is_empty()
+            && effects.iter().any(|e| match e {
+                Effect::Publish(r) => !r.deps.is_empty(),
+                Effect::Finished(_) => true,
+                _ => false,
+            })
+        {
+            self.make_durable();
+        }
+        // A task dispatched in the same breath as it is released is written
+        // straight into claimed/ rather than published and then claimed.
+        let direct: HashSet<(Id, Id, u32)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Dispatch { record, .. } => {
+                    Some((record.goal.clone(), record.task.clone(), record.attempt))
+                }
+                _ => None,
+            })
+            .collect();
         let mut dispatches = Vec::new();
         for e in effects {
             match e {
-                Effect::Publish(record) => self.publish(&record),
+                Effect::Publish(record) => {
+                    if !direct.contains(&(record.goal.clone(), record.task.clone(), record.attempt))
+                    {
+                        self.publish(&record);
+                    }
+                }
                 Effect::Dispatch { worker, record } => dispatches.push((worker, record)),
                 Effect::Kill { key, reason } => self.kill_spawn(&key, &reason),
                 Effect::WriteResult { key, record } => {
@@ -426,17 +485,16 @@ impl Daemon {
                 Effect::Note(n) => log_note(&n),
             }
         }
-        // Publish every task first, then claim: a batch of releases reaches
-        // the bus (and resident workers) before spawning begins.
+        // Publish every task first, then start the spawns: a batch of
+        // releases reaches the bus (and resident workers) before spawning.
         for (worker, record) in dispatches {
-            if self.pending.holds(
-                &AttemptKey::new(record.goal.clone(), record.task.clone(), record.attempt)
-                    .file_name(),
-            ) {
-                self.pending.push(Op::Dispatch { worker, record });
-            } else {
-                self.start_spawn(worker, record);
-            }
+            let how =
+                if direct.contains(&(record.goal.clone(), record.task.clone(), record.attempt)) {
+                    Claim::Write
+                } else {
+                    Claim::Rename
+                };
+            self.start_spawn(worker, record, how);
         }
     }
 
@@ -463,6 +521,13 @@ impl Daemon {
             }
         }
         self.archive_dirs.insert(goal.clone());
+    }
+
+    /// Makes the results written without fsync durable, all at once.
+    pub(crate) fn make_durable(&mut self) {
+        if let Err(e) = self.unsynced.commit() {
+            tracing::error!("cannot make results durable: {e}; retrying");
+        }
     }
 
     /// Carries out the archive moves queued during this loop turn.
@@ -599,6 +664,7 @@ impl Daemon {
     }
 
     fn finish_stop(&mut self) {
+        self.make_durable();
         if self.pending.next_try().is_some() {
             let _ = self.pending.retry();
         }

@@ -316,6 +316,17 @@ pub struct CappedLog {
 }
 
 impl CappedLog {
+    /// A new log (an attempt's): nothing to look up on disk.
+    pub fn create(path: PathBuf, cap: u64) -> Arc<CappedLog> {
+        Arc::new(CappedLog {
+            path,
+            cap,
+            rotate: false,
+            state: Mutex::new((None, 0, false)),
+        })
+    }
+
+    /// A log that may already have lines (a worker's, across restarts).
     pub fn open(path: PathBuf, cap: u64, rotate: bool) -> Arc<CappedLog> {
         let written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         Arc::new(CappedLog {

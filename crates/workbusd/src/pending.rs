@@ -14,6 +14,8 @@ use workbus_proto::Id;
 use workbus_proto::task::TaskRecord;
 use workbus_supervisor::Backoff;
 
+use crate::spawn::Claim;
+
 /// One deferred operation.
 #[derive(Debug)]
 pub enum Op {
@@ -23,8 +25,12 @@ pub enum Op {
         bytes: Vec<u8>,
         durable: bool,
     },
-    /// Start a spawn whose task file was itself deferred.
-    Dispatch { worker: Id, record: Arc<TaskRecord> },
+    /// Start a spawn whose task or claim file was itself deferred.
+    Dispatch {
+        worker: Id,
+        record: Arc<TaskRecord>,
+        how: Claim,
+    },
 }
 
 #[derive(Debug)]
@@ -106,7 +112,7 @@ impl Pending {
 
     /// Retries queued operations in order while they succeed. Returns the
     /// dispatches that may now start.
-    pub fn retry(&mut self) -> Vec<(Id, Arc<TaskRecord>)> {
+    pub fn retry(&mut self) -> Vec<(Id, Arc<TaskRecord>, Claim)> {
         let mut ready = Vec::new();
         while let Some(op) = self.ops.front() {
             match op {
@@ -122,7 +128,11 @@ impl Pending {
                         return ready;
                     }
                 }
-                Op::Dispatch { worker, record } => ready.push((worker.clone(), record.clone())),
+                Op::Dispatch {
+                    worker,
+                    record,
+                    how,
+                } => ready.push((worker.clone(), record.clone(), *how)),
             }
             self.ops.pop_front();
         }

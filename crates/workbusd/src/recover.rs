@@ -59,7 +59,54 @@ impl Daemon {
         }
     }
 
+    /// Stops task processes that a killed daemon left running on this bus.
+    /// Spawned tasks start with posix_spawn (no hook to die with the
+    /// daemon); under systemd the unit's cgroup takes them, and here, at the
+    /// next start, the environment they were given identifies them:
+    /// `WORKBUS_ROOT` is this bus and `WORKBUS_TASK_FILE` is set.
+    pub(crate) fn stop_orphans(&mut self) {
+        let root = format!("WORKBUS_ROOT={}", self.root().display());
+        let me = std::process::id();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut groups = std::collections::BTreeSet::new();
+        for e in procs.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid as u32 == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let mut ours = false;
+            let mut task = false;
+            for var in env.split(|b| *b == 0) {
+                ours |= var == root.as_bytes();
+                task |= var.starts_with(b"WORKBUS_TASK_FILE=");
+            }
+            if ours
+                && task
+                && let Ok(pgid) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+            {
+                groups.insert(pgid);
+            }
+        }
+        for pgid in &groups {
+            let _ = nix::sys::signal::killpg(*pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !groups.is_empty() {
+            tracing::warn!(
+                "stopped {} task process group(s) left running by a previous daemon on this bus",
+                groups.len()
+            );
+        }
+    }
+
     pub(crate) fn recover(&mut self) {
+        self.stop_orphans();
         let t0 = Instant::now();
         let mut ours: Vec<std::path::PathBuf> = [
             Folder::Tasks,

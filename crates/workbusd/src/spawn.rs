@@ -19,6 +19,18 @@ use workbus_supervisor::{Exit, Spec, StopReason, Stream, resolve_identity};
 use crate::daemon::{Daemon, json_bytes};
 use crate::event::Event;
 use crate::fleet::{CappedLog, ResidentProc, load_fleet_file};
+use crate::pending::Op;
+
+/// How a spawn's claim file comes to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Rename the published task file from tasks/ (it waited there).
+    Rename,
+    /// Write the record into claimed/ now (it was never published).
+    Write,
+    /// The claim file is already written.
+    Written,
+}
 
 /// A spawned task process in flight.
 #[derive(Debug)]
@@ -31,24 +43,53 @@ pub struct SpawnHandle {
 }
 
 impl Daemon {
-    /// Claims a published task for a spawn worker and starts its process.
-    pub(crate) fn start_spawn(&mut self, worker: Id, record: Arc<TaskRecord>) {
+    /// Claims a task for a spawn worker and starts its process.
+    pub(crate) fn start_spawn(&mut self, worker: Id, record: Arc<TaskRecord>, how: Claim) {
         let key = AttemptKey::new(record.goal.clone(), record.task.clone(), record.attempt);
         if !self.engine.is_live(&key) {
             return;
         }
         let claim_name = key.claim_name(worker.as_str());
         let claim_path = self.bus.path(Folder::Claimed, &claim_name);
-        match std::fs::rename(self.bus.task_path(&key), &claim_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.feed(Input::ClaimRaced { key });
+        match how {
+            Claim::Rename if self.pending.holds(&key.file_name()) => {
+                // Its task file is itself still waiting to be written.
+                self.pending.push(Op::Dispatch {
+                    worker,
+                    record,
+                    how: Claim::Rename,
+                });
                 return;
             }
-            Err(e) => {
-                self.spawn_failed(&key, &worker, format!("cannot claim the task: {e}"));
-                return;
+            Claim::Rename => match std::fs::rename(self.bus.task_path(&key), &claim_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.feed(Input::ClaimRaced { key });
+                    return;
+                }
+                Err(e) => {
+                    self.spawn_failed(&key, &worker, format!("cannot claim the task: {e}"));
+                    return;
+                }
+            },
+            Claim::Write => {
+                // Published and claimed at once: the record goes straight
+                // into claimed/ (one write instead of a write and a rename,
+                // and no wake-up of the bus workers watching tasks/).
+                let dir = self.bus.dir(Folder::Claimed);
+                if !self
+                    .pending
+                    .write(&dir, &claim_name, json_bytes(&*record), false)
+                {
+                    self.pending.push(Op::Dispatch {
+                        worker,
+                        record,
+                        how: Claim::Written,
+                    });
+                    return;
+                }
             }
+            Claim::Written => {}
         }
         self.claims_seen.insert(claim_name.clone());
         self.claim_names.insert(key.clone(), claim_name);
@@ -113,6 +154,11 @@ impl Daemon {
             stdin: Some(json_bytes(&*record)),
             stdout_cap: self.cfg.max_result_bytes,
             stderr_tail: 2048,
+            // Started with posix_spawn: a task process that outlives a
+            // killed daemon is found and stopped when the daemon starts
+            // again (see recover.rs), and under systemd the unit's cgroup
+            // goes with it.
+            die_with_daemon: false,
         };
         let running = match proc_spec.start() {
             Ok(r) => r,
@@ -122,10 +168,9 @@ impl Daemon {
             }
         };
         self.ensure_archive_dir(&key.goal);
-        let log = CappedLog::open(
+        let log = CappedLog::create(
             self.bus.archive_path(&key, ArchiveKind::Log),
             self.cfg.max_log_bytes,
-            false,
         );
         let sink = line_sink(
             log,
@@ -283,12 +328,18 @@ impl Daemon {
         }
         self.ensure_archive_dir(&key.goal);
         let dir = self.bus.archive_dir(&key.goal);
-        self.pending.write(
-            &dir,
-            &key.archive_name(ArchiveKind::Result),
-            json_bytes(&record),
-            self.cfg.fsync,
-        );
+        let name = key.archive_name(ArchiveKind::Result);
+        // Written now, made durable in a batch before anything that depends
+        // on it is written (a released task, the report): see `make_durable`.
+        // (Behind other deferred writes it is written durably when its turn comes.)
+        let deferred = !self.pending.is_empty();
+        if self
+            .pending
+            .write(&dir, &name, json_bytes(&record), deferred && self.cfg.fsync)
+            && self.cfg.fsync
+        {
+            self.unsynced.add(dir.join(&name));
+        }
         self.feed(Input::Result {
             key: key.clone(),
             result: record,
@@ -347,6 +398,7 @@ impl Daemon {
                 stdin: None,
                 stdout_cap: 0,
                 stderr_tail: 2048,
+                die_with_daemon: true,
             }
             .start()
             .map_err(|e| e.to_string())

@@ -13,14 +13,29 @@ use workbus_proto::config::WatchMode;
 
 use crate::event::Event;
 
-/// The folders the daemon watches: where others drop files.
-pub const WATCHED: [Folder; 5] = [
+/// The folders the daemon watches with inotify: where others drop files
+/// that need an answer.
+pub const WATCHED: [Folder; 4] = [
+    Folder::Inbox,
+    Folder::Results,
+    Folder::Workers,
+    Folder::Control,
+];
+
+/// Every folder a full rescan looks at. `claimed/` is not watched: a claim
+/// needs no answer, and the daemon's own claims (every spawn) would wake it
+/// for nothing. It is scanned before every results scan (a result names its
+/// claim) and every `CLAIM_SCAN` while bus workers have tasks to claim.
+pub const SCANNED: [Folder; 5] = [
     Folder::Inbox,
     Folder::Claimed,
     Folder::Results,
     Folder::Workers,
     Folder::Control,
 ];
+
+/// How soon a claim by a bus worker is noticed (for its timeout and lease).
+pub const CLAIM_SCAN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How the daemon learns of changes, and why it chose so.
 #[derive(Clone, Debug, PartialEq, Eq)]
