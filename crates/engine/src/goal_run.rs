@@ -30,7 +30,6 @@ pub enum TaskState {
         since: Timestamp,
         grace_until: Option<Timestamp>,
         seq: u64,
-        record: Arc<TaskRecord>,
     },
     /// Claimed. `worker` is unknown briefly after a lost dispatch race.
     Running {
@@ -39,7 +38,6 @@ pub enum TaskState {
         timeout: Duration,
         /// The daemon runs its process (spawn mode).
         spawned: bool,
-        record: Arc<TaskRecord>,
     },
     /// Failed an attempt; the next one starts at `until`.
     Backoff {
@@ -179,7 +177,10 @@ pub struct GoalRun {
 }
 
 impl GoalRun {
-    pub fn new(goal: Arc<Goal>, now: Timestamp) -> Self {
+    /// The goal's tasks move into the run (the goal keeps the rest).
+    pub fn new(mut goal: Goal, now: Timestamp) -> Self {
+        let tasks = std::mem::take(&mut goal.tasks);
+        let goal = Arc::new(goal);
         let mut run = GoalRun {
             goal: goal.clone(),
             tasks: Vec::new(),
@@ -192,7 +193,7 @@ impl GoalRun {
             early_end: None,
             reason: None,
         };
-        run.extend(goal.tasks.clone());
+        run.extend(tasks);
         run
     }
 

@@ -240,6 +240,9 @@ pub struct Engine {
     releases: VecDeque<(Id, u32)>,
     /// During recovery: what the bus holds about attempts.
     history: HashMap<Id, History>,
+    /// Records published during the current `handle` call, so that a task
+    /// dispatched in the same call is not rendered twice.
+    fresh: HashMap<(Id, u32), Arc<TaskRecord>>,
     draining: bool,
 }
 
@@ -256,6 +259,7 @@ impl Engine {
             stale_workers: BTreeSet::new(),
             releases: VecDeque::new(),
             history: HashMap::new(),
+            fresh: HashMap::new(),
             draining: false,
         }
     }
@@ -296,6 +300,7 @@ impl Engine {
         }
         self.run_releases(now, &mut out);
         self.dispatch(now, &mut out);
+        self.fresh.clear();
         out
     }
 
@@ -427,13 +432,14 @@ impl Engine {
         if let Some(at) = goal.deadline_at {
             self.timers.insert((at, Timer::Deadline(id.clone())));
         }
-        let run = GoalRun::new(Arc::new(goal), now);
+        let run = GoalRun::new(goal, now);
         let roots: Vec<u32> = run.roots().collect();
         let recovering = history.is_some();
         self.goals.insert(id.clone(), run);
         if let Some(h) = history {
             self.history.insert(id.clone(), h);
         }
+        let replay_from = out.len();
         out.push(note_goal(
             Level::Info,
             &id,
@@ -448,6 +454,28 @@ impl Engine {
         }
         self.run_releases(now, out);
         self.history.remove(&id);
+        if recovering {
+            // Replaying history is not news: keep the effects, not the notes.
+            let mut i = 0;
+            out.retain(|e| {
+                i += 1;
+                i <= replay_from || !matches!(e, Effect::Note(_))
+            });
+            if let Some(run) = self.goals.get(&id) {
+                let mut counts = Counts::default();
+                for t in &run.tasks {
+                    counts.add(t.state.name());
+                }
+                out.push(note_goal(
+                    Level::Info,
+                    &id,
+                    format!(
+                        "recovered: {} succeeded, {} failed, {} skipped, {} queued, {} running, {} waiting",
+                        counts.succeeded, counts.failed, counts.skipped, counts.queued, counts.running, counts.waiting
+                    ),
+                ));
+            }
+        }
         self.maybe_finish(now, &id, out);
     }
 
@@ -497,8 +525,7 @@ impl Engine {
             let key = run.key(ti, f.attempt);
             if let Some(result) = f.result {
                 let worker = f.claim.as_ref().map(|c| c.worker.clone());
-                let record = self.task_record(gid, ti, now);
-                self.set_running(now, gid, ti, worker, false, record);
+                self.set_running(now, gid, ti, worker, false);
                 if !f.archived {
                     out.push(Effect::Archive { key: key.clone() });
                 }
@@ -517,22 +544,22 @@ impl Engine {
                         .unwrap_or_default();
                     format!("claimant {w} is gone (daemon restarted)")
                 };
-                let record = self.task_record(gid, ti, now);
-                self.set_running(now, gid, ti, None, false, record);
+                self.set_running(now, gid, ti, None, false);
                 // Its claim or task file goes to the archive; a result that
                 // still comes for it is stale.
                 out.push(Effect::Archive { key: key.clone() });
                 self.attempt_failed(now, &key, reason, false, out);
                 continue;
             }
-            let record = Arc::new(self.task_record(gid, ti, now));
             match f.claim {
-                Some(c) => self.set_running(now, gid, ti, Some(c.worker), false, record),
+                Some(c) => self.set_running(now, gid, ti, Some(c.worker), false),
                 None => {
                     if !f.published {
-                        out.push(Effect::Publish(record.clone()));
+                        let record = Arc::new(self.task_record(gid, ti, now));
+                        self.fresh.insert((gid.clone(), ti), record.clone());
+                        out.push(Effect::Publish(record));
                     }
-                    self.set_queued(now, gid, ti, record);
+                    self.set_queued(now, gid, ti);
                 }
             }
         }
@@ -584,11 +611,12 @@ impl Engine {
             return;
         }
         let record = Arc::new(record);
-        out.push(Effect::Publish(record.clone()));
-        self.set_queued(now, gid, ti, record);
+        self.fresh.insert((gid.clone(), ti), record.clone());
+        out.push(Effect::Publish(record));
+        self.set_queued(now, gid, ti);
     }
 
-    fn set_queued(&mut self, now: Timestamp, gid: &Id, ti: u32, record: Arc<TaskRecord>) {
+    fn set_queued(&mut self, now: Timestamp, gid: &Id, ti: u32) {
         let Some(run) = self.goals.get_mut(gid) else {
             return;
         };
@@ -607,7 +635,6 @@ impl Engine {
             since: now,
             grace_until,
             seq,
-            record,
         };
         self.queue
             .insert((Reverse(run.goal.priority), seq, gid.clone(), ti));
@@ -620,7 +647,6 @@ impl Engine {
         ti: u32,
         worker: Option<Id>,
         spawned: bool,
-        record: impl Into<Arc<TaskRecord>>,
     ) {
         let Some(run) = self.goals.get_mut(gid) else {
             return;
@@ -659,7 +685,6 @@ impl Engine {
             since: now,
             timeout,
             spawned,
-            record: record.into(),
         };
     }
 
@@ -690,24 +715,18 @@ impl Engine {
         }
         let ti = run.index[&key.task];
         match &t.state {
-            TaskState::Queued { record, .. } => {
-                let record = record.clone();
+            TaskState::Queued { .. } => {
                 out.push(note_key(
                     Level::Debug,
                     &key,
                     Some(&worker),
                     "claimed".into(),
                 ));
-                self.set_running(now, &key.goal, ti, Some(worker), false, record);
+                self.set_running(now, &key.goal, ti, Some(worker), false);
             }
-            TaskState::Running {
-                worker: None,
-                record,
-                ..
-            } => {
+            TaskState::Running { worker: None, .. } => {
                 // We lost a dispatch race and now learn who won.
-                let record = record.clone();
-                self.set_running(now, &key.goal, ti, Some(worker), false, record);
+                self.set_running(now, &key.goal, ti, Some(worker), false);
             }
             _ => {}
         }
@@ -720,12 +739,11 @@ impl Engine {
         if let TaskState::Running {
             spawned: true,
             worker: Some(w),
-            record,
             ..
         } = &t.state
             && t.attempt == key.attempt
         {
-            let (w, record) = (w.clone(), record.clone());
+            let w = w.clone();
             self.workers.spawn_ended(&w);
             out.push(note_key(
                 Level::Info,
@@ -734,7 +752,7 @@ impl Engine {
                 "another worker claimed it first".into(),
             ));
             let ti = self.goals[&key.goal].index[&key.task];
-            self.set_running(now, &key.goal, ti, None, false, record);
+            self.set_running(now, &key.goal, ti, None, false);
         }
     }
 
@@ -1246,12 +1264,15 @@ impl Engine {
         }
         for (gid, ti, w) in picked {
             self.workers.spawn_ended(&w);
-            let TaskState::Queued { record, .. } = &self.goals[&gid].tasks[ti as usize].state
-            else {
+            let TaskState::Queued { since, .. } = self.goals[&gid].tasks[ti as usize].state else {
                 continue;
             };
-            let record = record.clone();
-            self.set_running(now, &gid, ti, Some(w.clone()), true, record.clone());
+            // The record as published (this turn's, or rebuilt: it is derived).
+            let record = match self.fresh.get(&(gid.clone(), ti)) {
+                Some(r) => r.clone(),
+                None => Arc::new(self.goals[&gid].task_record(ti, since).0),
+            };
+            self.set_running(now, &gid, ti, Some(w.clone()), true);
             self.workers.spawn_started(&w);
             out.push(Effect::Dispatch { worker: w, record });
         }
@@ -1468,12 +1489,11 @@ impl Engine {
             return;
         }
         let key = run.key(ti, t.attempt);
-        let TaskState::Queued { record, .. } = &t.state else {
+        if !matches!(t.state, TaskState::Queued { .. }) {
             return;
-        };
-        let record = record.clone();
+        }
         let human = Id::new(HUMAN).expect("a valid id");
-        self.set_running(now, &gid, ti, Some(human.clone()), false, record);
+        self.set_running(now, &gid, ti, Some(human.clone()), false);
         result.goal = Some(key.goal.clone());
         result.task = Some(key.task.clone());
         result.attempt = Some(key.attempt);

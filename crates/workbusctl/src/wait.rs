@@ -22,9 +22,19 @@ pub fn goal(bus: &Bus, id: &Id, name: &str) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     // inotify makes the wait prompt; a short poll keeps it correct where
     // inotify is blind (NFS).
-    let _watcher = notify::recommended_watcher(move |_| {
-        let _ = tx.send(());
-    })
+    // Files appearing (created or renamed in), not opens: reading
+    // status.json here must not wake this loop again.
+    let config = notify::Config::default().with_event_kinds(
+        notify::EventKindMask::CREATE
+            | notify::EventKindMask::MODIFY_NAME
+            | notify::EventKindMask::ACCESS_CLOSE,
+    );
+    let _watcher = notify::RecommendedWatcher::new(
+        move |_| {
+            let _ = tx.send(());
+        },
+        config,
+    )
     .and_then(|mut w| {
         for d in [
             bus.root().to_path_buf(),

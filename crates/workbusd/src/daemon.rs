@@ -159,7 +159,8 @@ impl Daemon {
             daemon.dirty.insert(f);
         }
         daemon.rescan_dirty();
-        daemon.flush_archive();
+        // Moving what recovery absorbed into the archive waits until the
+        // daemon is ready: after a long outage that can be many renames.
         daemon.supervise_residents();
         daemon.prune_archive();
         daemon.write_status();
@@ -212,6 +213,8 @@ impl Daemon {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut shutdown_done = false;
+        // What recovery absorbed goes to the archive now that we are ready.
+        self.flush_archive();
         loop {
             let wake = self.next_wake();
             let sleep = async {

@@ -3,7 +3,7 @@
 //! what a crash interrupted (an accepted goal still in the inbox, files of
 //! finished goals still in the hot folders) is finished.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use workbus_bus::{Folder, ReadError, read_json};
@@ -16,24 +16,31 @@ use workbus_proto::{Id, Timestamp};
 
 use crate::daemon::Daemon;
 
+/// What the bus holds, per goal and task: a few attempts each, kept in
+/// vectors of exactly that size (a map per task costs kilobytes).
 #[derive(Default)]
 struct Found {
-    /// Per goal, per task, per attempt.
-    facts: HashMap<Id, BTreeMap<Id, BTreeMap<u32, AttemptFacts>>>,
+    facts: HashMap<Id, HashMap<Id, Vec<AttemptFacts>>>,
 }
 
 impl Found {
     fn entry(&mut self, key: &AttemptKey) -> &mut AttemptFacts {
-        let f = self
+        let attempts = self
             .facts
             .entry(key.goal.clone())
             .or_default()
             .entry(key.task.clone())
-            .or_default()
-            .entry(key.attempt)
-            .or_default();
-        f.attempt = key.attempt;
-        f
+            .or_insert_with(|| Vec::with_capacity(1));
+        match attempts.iter().position(|f| f.attempt == key.attempt) {
+            Some(i) => &mut attempts[i],
+            None => {
+                attempts.push(AttemptFacts {
+                    attempt: key.attempt,
+                    ..AttemptFacts::default()
+                });
+                attempts.last_mut().expect("just pushed")
+            }
+        }
     }
 }
 
@@ -245,7 +252,6 @@ impl Daemon {
                 .remove(&goal.id)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(task, attempts)| (task, attempts.into_values().collect()))
                 .collect();
             self.feed(Input::Recover { goal, history });
         }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::event::{ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, EventKindMask, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 use workbus_bus::{Bus, Folder};
 use workbus_proto::config::WatchMode;
@@ -142,16 +142,20 @@ impl FsWatcher {
                     let _ = tx.send(Event::Rescan("the inotify queue overflowed".into()));
                     return;
                 }
-                // Opening and reading, removing, renaming away, changing
-                // metadata: nothing new to see in the folder.
-                if matches!(
+                // Something may be new only when a file was created or
+                // renamed in, or a writer closed it. (The watch asks for no
+                // other kinds; this keeps it so if it ever gets more.)
+                let news = matches!(
                     ev.kind,
-                    EventKind::Access(_)
-                        | EventKind::Remove(_)
-                        | EventKind::Modify(
-                            ModifyKind::Metadata(_) | ModifyKind::Name(RenameMode::From)
-                        )
-                ) {
+                    EventKind::Create(_)
+                        | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                        | EventKind::Modify(ModifyKind::Name(
+                            RenameMode::To | RenameMode::Both | RenameMode::Any
+                        ))
+                        | EventKind::Any
+                        | EventKind::Other
+                );
+                if !news {
                     return;
                 }
                 for p in &ev.paths {
@@ -172,7 +176,14 @@ impl FsWatcher {
                 let _ = tx.send(Event::WatchError(e.to_string()));
             }
         };
-        let mut w = notify::recommended_watcher(handler)?;
+        // Only what makes something new appear in a folder: a file created
+        // or renamed in (IN_CREATE, IN_MOVED_TO), or a writer closing it
+        // (IN_CLOSE_WRITE). Not opens and reads (our own reads would wake
+        // the watcher thread once per file), not every write().
+        let config = notify::Config::default().with_event_kinds(
+            EventKindMask::CREATE | EventKindMask::MODIFY_NAME | EventKindMask::ACCESS_CLOSE,
+        );
+        let mut w = notify::RecommendedWatcher::new(handler, config)?;
         for (dir, _) in &folders {
             w.watch(dir, RecursiveMode::NonRecursive)?;
         }
@@ -227,6 +238,60 @@ mod tests {
         let d: Vec<u128> = (0..4).map(|_| p.after_poll(false).as_millis()).collect();
         assert_eq!(d, vec![100, 200, 300, 300]);
         assert_eq!(p.after_poll(true).as_millis(), 50);
+    }
+
+    /// The events that must wake the daemon do, and reading does not.
+    #[test]
+    fn renames_in_closes_after_writing_and_fleet_edits_are_seen_reads_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let bus = Bus::create(d.path().join("bus")).unwrap();
+        let fleet = d.path().join("fleet.toml");
+        std::fs::write(&fleet, "").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = FsWatcher::start(&bus, Some(&fleet), tx).unwrap();
+        let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(e) = rx.try_recv() {
+                    return Some(e);
+                }
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let drain = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>| {
+            std::thread::sleep(Duration::from_millis(200));
+            while rx.try_recv().is_ok() {}
+        };
+        let results = bus.dir(Folder::Results);
+        // The atomic-write pattern: the rename, after the temporary's own
+        // events are gone, is what must be seen.
+        std::fs::write(results.join(".r.tmp"), "{}").unwrap();
+        drain(&mut rx);
+        std::fs::rename(results.join(".r.tmp"), results.join("g.t.1.json")).unwrap();
+        assert!(matches!(
+            next(&mut rx),
+            Some(Event::Folder(Folder::Results))
+        ));
+        // Reading a file in a watched folder wakes nobody.
+        drain(&mut rx);
+        let _ = std::fs::read(results.join("g.t.1.json")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "a read woke the daemon");
+        // A file written in place is seen when its writer closes it.
+        std::fs::write(bus.dir(Folder::Inbox).join("g.toml"), "x").unwrap();
+        assert!(matches!(next(&mut rx), Some(Event::Folder(Folder::Inbox))));
+        // The fleet file, saved in place or by rename.
+        drain(&mut rx);
+        std::fs::write(&fleet, "# edited").unwrap();
+        assert!(matches!(next(&mut rx), Some(Event::FleetFile)));
+        drain(&mut rx);
+        std::fs::write(d.path().join(".fleet.swp"), "# saved").unwrap();
+        drain(&mut rx);
+        std::fs::rename(d.path().join(".fleet.swp"), &fleet).unwrap();
+        assert!(matches!(next(&mut rx), Some(Event::FleetFile)));
     }
 
     #[test]

@@ -55,7 +55,8 @@ reference polling design; one JSON line per run.
                      all (all ready tasks at once), one (one task at a
                      time); 'none' for none           (default all,one)
   --ref-one-reps N   repetitions of the one-at-a-time variant for W2 and W4
-                     (it needs ~30 s for W2)         (default 1)
+                     (it needs ~30 s for W2)         (default 1); that
+                     variant runs in the first config only
   --ref-workloads L  workloads the reference runs    (default w1,w2,w4)
   --goals N          W1 goals per repetition         (default 30)
   --fanout N         W2 middle tasks                 (default 2000)
@@ -65,6 +66,9 @@ reference polling design; one JSON line per run.
                                                      (default 50000)
   --scale-cold       also restart after dropping the page cache
   --idle S           idle time before a measured run (default 2)
+  --w3-window S      W3 measuring window             (default 20)
+  --w3-long S        also one W3 run with an S-second window, to average
+                     over heartbeats (default 0: none)
   --quiet-busy F     wait until others use < F of the CPUs first (default 0.10)
   --quiet-max S      but at most S seconds           (default 30)
   --contended PCT    re-run a run during which others used more than PCT %
@@ -73,7 +77,7 @@ reference polling design; one JSON line per run.
   --hop-trace        one extra W1 run (disk config, not counted) that
                      timestamps every publish, claim and result with
                      inotify: the per-hop breakdown
-  --perf FILE        profile the daemon (perf record -g) during the first
+  --perf FILE        profile the daemon (perf record --call-graph dwarf) during the first
                      workbusd run of each workload; such runs are marked
                      \"profiled\" and not counted
   --bin DIR          where workbusd and wb-worker are (default target/release)
@@ -115,6 +119,8 @@ struct Opts {
     scale_answered: usize,
     scale_cold: bool,
     idle: f64,
+    w3_window: f64,
+    w3_long: f64,
     quiet_busy: f64,
     quiet_max: f64,
     contended: f64,
@@ -153,6 +159,8 @@ fn parse_args() -> anyhow::Result<Opts> {
         scale_answered: 50_000,
         scale_cold: false,
         idle: 2.0,
+        w3_window: 20.0,
+        w3_long: 0.0,
         quiet_busy: 0.10,
         quiet_max: 30.0,
         contended: 10.0,
@@ -184,6 +192,8 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--scale-answered" => o.scale_answered = val()?.parse()?,
             "--scale-cold" => o.scale_cold = true,
             "--idle" => o.idle = val()?.parse()?,
+            "--w3-window" => o.w3_window = val()?.parse()?,
+            "--w3-long" => o.w3_long = val()?.parse()?,
             "--quiet-busy" => o.quiet_busy = val()?.parse()?,
             "--quiet-max" => o.quiet_max = val()?.parse()?,
             "--contended" => o.contended = val()?.parse()?,
@@ -366,26 +376,48 @@ fn quiet_wait(busy: f64, max: f64) -> (f64, f64) {
     }
 }
 
-/// Waits until `pids` have used no CPU for `quiet` (at most `max`).
-/// Returns (seconds waited, whether it got quiet).
-fn wait_idle(pids: &[i32], quiet: Duration, max: Duration) -> (f64, bool) {
+/// Waits until `pids` have used at most `frac` of a CPU over the last
+/// `quiet` (frac 0: no CPU at all), at most `max`. Returns (seconds waited,
+/// whether it got quiet, seconds until the last 100 ms in which they used
+/// more than `frac` of a CPU).
+fn wait_idle(pids: &[i32], quiet: Duration, max: Duration, frac: f64) -> (f64, bool, f64) {
     let start = Instant::now();
-    let mut last = tree_ns(pids);
-    let mut since = Instant::now();
+    let mut samples: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    samples.push_back((start, tree_ns(pids)));
+    let mut last_busy = start;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let now = tree_ns(pids);
-        if now != last {
-            last = now;
-            since = Instant::now();
+        let now = Instant::now();
+        let ns = tree_ns(pids);
+        let (t_prev, ns_prev) = *samples.back().unwrap_or(&(start, ns));
+        if (ns - ns_prev) as f64 > frac * (now - t_prev).as_nanos() as f64 {
+            last_busy = now;
         }
-        if since.elapsed() >= quiet {
-            return (start.elapsed().as_secs_f64(), true);
+        samples.push_back((now, ns));
+        // the oldest sample still at least `quiet` old
+        while samples.len() > 2 && now - samples[1].0 >= quiet {
+            samples.pop_front();
+        }
+        let (t_old, ns_old) = samples[0];
+        let busy_s = (last_busy - start).as_secs_f64();
+        if now - t_old >= quiet && (ns - ns_old) as f64 <= frac * quiet.as_nanos() as f64 {
+            return (start.elapsed().as_secs_f64(), true, busy_s);
         }
         if start.elapsed() >= max {
-            return (start.elapsed().as_secs_f64(), false);
+            return (start.elapsed().as_secs_f64(), false, busy_s);
         }
     }
+}
+
+/// CPU used by `pids` over `d`, in % of one CPU.
+fn cpu_pct_over(pids: &[i32], d: Duration) -> f64 {
+    let a = tree_ns(pids);
+    let t = Instant::now();
+    std::thread::sleep(d);
+    round(
+        100.0 * (tree_ns(pids) - a) as f64 / t.elapsed().as_nanos() as f64,
+        2,
+    )
 }
 
 fn fs_name(p: &Path) -> String {
@@ -1003,7 +1035,10 @@ impl Bench {
                 "others_cpu_pct": round(others, 1),
             });
             let contended = others > self.o.contended;
-            let last = !contended || attempt == self.o.retries;
+            // When the machine never got quiet before the run, running it
+            // again would not help: keep it, marked.
+            let hopeless = busy >= self.o.quiet_busy;
+            let last = !contended || hopeless || attempt == self.o.retries;
             v["final"] = json!(last);
             if contended {
                 v["contended"] = json!(true);
@@ -1092,10 +1127,11 @@ impl Bench {
             let (goal, tasks) = make_goal(workload, &id, n);
             staged.push((id.clone(), sub.stage(&id, &goal, cfg.fsync)?, tasks));
         }
-        let (idle_waited, idle_ok) = wait_idle(
+        let (idle_waited, idle_ok, _) = wait_idle(
             &d.tree(),
             Duration::from_secs_f64(self.o.idle),
             Duration::from_secs_f64(self.o.idle + 20.0),
+            0.0,
         );
         let perf = self.start_perf(workload, d.pid)?;
         let mut goals = Vec::new();
@@ -1140,7 +1176,7 @@ impl Bench {
         }
         let file = PathBuf::from(format!("{}.{}", base.display(), workload.to_lowercase()));
         let child = Command::new("perf")
-            .args(["record", "-g", "-F", "2999", "-o"])
+            .args(["record", "--call-graph", "dwarf,32768", "-F", "999", "-o"])
             .arg(&file)
             .args(["-p", &pid.to_string()])
             .stdout(Stdio::null())
@@ -1220,9 +1256,17 @@ impl Bench {
 
     // ----- W3 ----------------------------------------------------------
 
-    fn run_w3(&mut self, cfg: &Config, rep: usize, attempt: usize) -> anyhow::Result<Value> {
+    fn run_w3(
+        &mut self,
+        cfg: &Config,
+        rep: usize,
+        attempt: usize,
+        window: f64,
+    ) -> anyhow::Result<Value> {
+        let long = window != self.o.w3_window;
         let label = format!(
-            "w3-{}-workbusd-r{rep}{}",
+            "w3{}-{}-workbusd-r{rep}{}",
+            if long { "long" } else { "" },
             cfg.name,
             if attempt > 0 {
                 format!("-a{attempt}")
@@ -1236,13 +1280,20 @@ impl Bench {
             self.wait_workers(&mut d, 4)?;
             let out = Command::new("python3")
                 .arg(self.o.repo.join("bench/limits/proctree.py"))
-                .args(["--settle", "5", "--window", "20", "--label", &label])
+                .args(["--settle", "5", "--window", &window.to_string()])
+                .args(["--label", &label])
                 .arg(d.pid.to_string())
                 .stdin(Stdio::null())
                 .output()
                 .context("running bench/limits/proctree.py")?;
             let p: Value = serde_json::from_slice(&out.stdout).context("proctree.py output")?;
-            let mut v = self.base("W3", "workbusd", cfg, &d.bus, rep);
+            let mut v = self.base(
+                if long { "W3-long" } else { "W3" },
+                "workbusd",
+                cfg,
+                &d.bus,
+                rep,
+            );
             let t = &p["total"];
             v["summary"] = json!({
                 "cpu_s": t["cpu_s"], "sched_cpu_s": t["sched_cpu_s"],
@@ -1293,6 +1344,7 @@ impl Bench {
             &[d.pid],
             Duration::from_millis(500),
             Duration::from_secs(10),
+            0.0,
         );
         let hwm_empty = status_kb(d.pid, "VmHWM");
         let sub = Submitter::new(&bus, &run.join("staging"), false)?;
@@ -1302,8 +1354,17 @@ impl Bench {
         drop(goal);
         let t0 = Instant::now();
         fs::rename(&staged, bus.join("inbox/scale.json"))?;
-        let (_, idle) = wait_idle(&[d.pid], Duration::from_secs(1), Duration::from_secs(600));
-        let held_s = t0.elapsed().as_secs_f64() - 1.0;
+        // Settled: under 10 % of a CPU for a second (with a goal in flight
+        // the daemon may look at claimed/ now and then).
+        let off = t0.elapsed().as_secs_f64();
+        let (_, idle, busy_s) = wait_idle(
+            &[d.pid],
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+            0.10,
+        );
+        let held_s = off + busy_s;
+        let background = cpu_pct_over(&[d.pid], Duration::from_secs(2));
         let published = count_dir(&bus.join("tasks"));
         v["submit"] = json!({
             "goal_bytes": goal_bytes,
@@ -1314,6 +1375,7 @@ impl Bench {
             "vmrss_kb": status_kb(d.pid, "VmRSS"),
             "vmhwm_empty_kb": hwm_empty,
             "daemon_cpu_s": proc_cpu_s(d.pid),
+            "background_cpu_pct": background,
             "ready_empty_s": d.ready_s,
         });
         eprintln!(
@@ -1331,7 +1393,8 @@ impl Bench {
             fs::rename(
                 bus.join(format!("tasks/{stem}.json")),
                 bus.join(format!("claimed/{stem}.ext.json")),
-            )?;
+            )
+            .with_context(|| format!("claiming tasks/{stem}.json"))?;
             let r = json!({"schema_version": 1, "goal": "scale", "task": format!("t{i:06}"),
                 "attempt": 1, "worker": "ext", "status": "ok", "output": payload("scale"),
                 "started_at": now, "finished_at": now});
@@ -1370,7 +1433,13 @@ impl Bench {
             let results_before = count_dir(&bus.join("results"));
             let d = self.start_daemon(&run, cfg, fleet, &extra)?;
             let at_ready = (status_kb(d.pid, "VmHWM"), proc_cpu_s(d.pid));
-            let (_, idle) = wait_idle(&[d.pid], Duration::from_secs(1), Duration::from_secs(600));
+            let (_, idle, busy_s) = wait_idle(
+                &[d.pid],
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+                0.10,
+            );
+            let background = cpu_pct_over(&[d.pid], Duration::from_secs(2));
             let r = json!({
                 "cache": kind,
                 "ready_s": d.ready_s,
@@ -1380,6 +1449,8 @@ impl Bench {
                 "vmhwm_kb": status_kb(d.pid, "VmHWM"),
                 "cpu_s": proc_cpu_s(d.pid),
                 "settled": idle,
+                "busy_until_s": round(d.ready_s + busy_s, 2),
+                "background_cpu_pct": background,
                 "status_totals": read_status_totals(&bus),
             });
             eprintln!(
@@ -1574,7 +1645,7 @@ fn describe(v: &Value) -> String {
             s["wall_s"].as_f64().unwrap_or(f64::NAN),
             s["tasks_per_s"].as_f64().unwrap_or(f64::NAN)
         ),
-        "W3" => format!(
+        "W3" | "W3-long" => format!(
             "cpu {:.2} ms (ticks {:.0} ms)  wakeups {}",
             s["sched_cpu_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             s["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
@@ -1656,8 +1727,11 @@ fn run_all(b: &mut Bench, configs: &[Config]) -> anyhow::Result<()> {
                     continue;
                 }
                 for variant in b.o.reference.clone() {
-                    // one task at a time is slow for W2 and W4
-                    if variant == "one" && w != "W1" && rep > b.o.ref_one_reps {
+                    // one task at a time: in the first config only, and
+                    // for W2 and W4 (slow) only --ref-one-reps times
+                    if variant == "one"
+                        && (cfg.name != first.name || (w != "W1" && rep > b.o.ref_one_reps))
+                    {
                         continue;
                     }
                     let what = format!("{w} {} polling-{variant} r{rep}", cfg.name);
@@ -1671,9 +1745,20 @@ fn run_all(b: &mut Bench, configs: &[Config]) -> anyhow::Result<()> {
         }
         if has("w3") {
             let what = format!("W3 {} workbusd r{rep}", first.name);
-            if b.measured(&what, |b, a| b.run_w3(&first, rep, a)).is_err() {
+            if b.measured(&what, |b, a| b.run_w3(&first, rep, a, b.o.w3_window))
+                .is_err()
+            {
                 failures += 1;
             }
+        }
+    }
+    if b.o.w3_long > 0.0 && has("w3") {
+        let what = format!("W3 {} workbusd, {} s window", first.name, b.o.w3_long);
+        let window = b.o.w3_long;
+        if b.measured(&what, |b, a| b.run_w3(&first, 0, a, window))
+            .is_err()
+        {
+            failures += 1;
         }
     }
     if b.o.hop_trace && has("w1") {
