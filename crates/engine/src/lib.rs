@@ -240,6 +240,8 @@ pub struct Engine {
     releases: VecDeque<(Id, u32)>,
     /// During recovery: what the bus holds about attempts.
     history: HashMap<Id, History>,
+    /// Some queued task may be claimed by a bus worker (see `awaits_bus_claims`).
+    bus_claimable: bool,
     /// Records published during the current `handle` call, so that a task
     /// dispatched in the same call is not rendered twice.
     fresh: HashMap<(Id, u32), Arc<TaskRecord>>,
@@ -260,6 +262,7 @@ impl Engine {
             releases: VecDeque::new(),
             history: HashMap::new(),
             fresh: HashMap::new(),
+            bus_claimable: false,
             draining: false,
         }
     }
@@ -336,19 +339,11 @@ impl Engine {
 
     /// Whether some queued task may be claimed by a bus worker (a resident
     /// or external worker that offers its needs), so claims are worth
-    /// looking for.
+    /// looking for. Cheap: a hint kept as tasks are queued and recomputed
+    /// when the workers change; it may stay true a little longer than
+    /// needed, never false when it should be true.
     pub fn awaits_bus_claims(&self) -> bool {
-        let bus_workers: Vec<&WorkerView> = self
-            .workers
-            .views
-            .values()
-            .filter(|w| !matches!(w.kind, WorkerKind::Spawn { .. }))
-            .collect();
-        !bus_workers.is_empty()
-            && self.queue.iter().any(|(_, _, g, ti)| {
-                let needs = &self.goals[g].tasks[*ti as usize].spec.needs;
-                bus_workers.iter().any(|w| w.offers(needs))
-            })
+        !self.queue.is_empty() && self.bus_claimable
     }
 
     /// Goals in flight.
@@ -626,6 +621,7 @@ impl Engine {
         let served = self
             .workers
             .served(&t.spec.needs, now, self.cfg.lease_timeout);
+        self.bus_claimable |= self.workers.bus_offers(&t.spec.needs);
         let grace_until = (!served).then(|| now.plus(self.cfg.capability_grace));
         if let Some(at) = grace_until {
             self.timers
@@ -1205,9 +1201,11 @@ impl Engine {
     /// Starts or stops grace periods after the workers changed.
     fn regrace(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let lease = self.cfg.lease_timeout;
+        self.bus_claimable = false;
         for (gid, run) in self.goals.iter_mut() {
             for (ti, t) in run.tasks.iter_mut().enumerate() {
                 if let TaskState::Queued { grace_until, .. } = &mut t.state {
+                    self.bus_claimable |= self.workers.bus_offers(&t.spec.needs);
                     let served = self.workers.served(&t.spec.needs, now, lease);
                     match (served, grace_until.is_some()) {
                         (true, true) => {

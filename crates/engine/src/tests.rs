@@ -777,3 +777,32 @@ fn max_running_caps_spawned_processes_over_all_workers() {
     );
     assert_eq!(h.e.spawned(), 3);
 }
+
+#[test]
+fn claims_are_looked_for_only_while_a_bus_worker_could_claim() {
+    let mut h = H::new(vec![
+        spawn_worker("w", &["x"], 0),
+        bus_worker("r", &["y"], WorkerKind::Resident, 0),
+    ]);
+    h.input(Input::Goal(goal(
+        "id = \"g\"\n[[task]]\nid = \"a\"\nneeds = [\"x\"]\n",
+    )));
+    assert!(!h.e.awaits_bus_claims(), "only a spawn worker offers x");
+    h.input(Input::Goal(goal(
+        "id = \"h\"\n[[task]]\nid = \"b\"\nneeds = [\"y\"]\n",
+    )));
+    assert!(h.e.awaits_bus_claims());
+    h.input(Input::Claimed {
+        key: key("h", "b", 1),
+        worker: id("r"),
+    });
+    h.ok(&key("h", "b", 1), json!(1));
+    h.input(Input::Workers(vec![
+        spawn_worker("w", &["x"], 0),
+        bus_worker("r", &["y"], WorkerKind::Resident, 0),
+    ]));
+    assert!(
+        !h.e.awaits_bus_claims(),
+        "what is left is for the spawn worker"
+    );
+}

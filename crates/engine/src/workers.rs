@@ -76,6 +76,13 @@ impl Workers {
             .any(|w| w.offers(needs) && Self::fresh(w, now, lease))
     }
 
+    /// Whether a bus worker (resident or external) offers all of `needs`.
+    pub fn bus_offers(&self, needs: &[Capability]) -> bool {
+        self.views
+            .values()
+            .any(|w| !matches!(w.kind, WorkerKind::Spawn { .. }) && w.offers(needs))
+    }
+
     /// The least busy spawn worker with room that offers `needs`.
     pub fn pick_spawn(&self, needs: &[Capability]) -> Option<Id> {
         self.views
