@@ -70,6 +70,8 @@ pub struct Daemon {
     fleet_reload_at: Option<Instant>,
     /// The fleet file's mtime as last seen by the poller.
     fleet_mtime: Option<Option<std::time::SystemTime>>,
+    /// Past the drain deadline: when to stop waiting for processes.
+    kill_deadline: Option<Instant>,
     /// Set once a stop was asked for: the drain deadline.
     pub(crate) stopping: Option<Instant>,
     pub(crate) metrics: Metrics,
@@ -131,6 +133,7 @@ impl Daemon {
             fleet_reload_at: None,
             fleet_mtime: None,
             stopping: None,
+            kill_deadline: None,
             metrics: Metrics::default(),
             last_prune: None,
             status_error: None,
@@ -635,35 +638,44 @@ impl Daemon {
 
     /// Whether the drain is over; past the drain timeout, stops what runs.
     fn stop_done(&mut self) -> bool {
-        let residents = self.fleet.workers.values().any(|w| w.process.is_some());
-        if self.spawns.is_empty() && !residents {
+        let residents = self
+            .fleet
+            .workers
+            .values()
+            .filter(|w| w.process.is_some())
+            .count();
+        if self.spawns.is_empty() && residents == 0 {
             return true;
         }
-        if self.stopping.is_some_and(|d| d <= Instant::now()) {
-            let keys: Vec<AttemptKey> = self.spawns.keys().cloned().collect();
-            if !keys.is_empty() {
-                tracing::warn!(
-                    "drain timeout: stopping {} running task(s); they run again after a restart",
-                    keys.len()
+        let now = Instant::now();
+        match self.kill_deadline {
+            None if self.stopping.is_some_and(|d| d <= now) => {
+                let keys: Vec<AttemptKey> = self.spawns.keys().cloned().collect();
+                if !keys.is_empty() {
+                    tracing::warn!(
+                        "drain timeout: stopping {} running task(s); they run again after a restart",
+                        keys.len()
+                    );
+                }
+                for key in keys {
+                    self.kill_spawn(&key, "the daemon is stopping (drain timeout)");
+                }
+                self.kill_residents();
+                // SIGTERM now, SIGKILL after kill_grace: then stop waiting.
+                let deadline = now + self.cfg.kill_grace.0 + Duration::from_secs(2);
+                self.kill_deadline = Some(deadline);
+                self.stopping = Some(deadline);
+                false
+            }
+            Some(d) if d <= now => {
+                tracing::error!(
+                    "{} task and {residents} worker process(es) did not exit after SIGKILL; not waiting for them",
+                    self.spawns.len()
                 );
+                true
             }
-            for key in keys {
-                self.kill_spawn(&key, "the daemon is stopping (drain timeout)");
-            }
-            self.kill_residents();
-            // Processes get kill_grace to go; then the loop ends regardless.
-            self.stopping = Some(Instant::now() + self.cfg.kill_grace.0 + Duration::from_secs(1));
-            if self.spawns.values().all(|s| s.stop.is_none())
-                && self
-                    .fleet
-                    .workers
-                    .values()
-                    .all(|w| w.process.as_ref().is_none_or(|p| p.stop.is_none()))
-            {
-                return self.spawns.is_empty() && !residents;
-            }
+            _ => false,
         }
-        false
     }
 
     fn finish_stop(&mut self) {

@@ -67,6 +67,8 @@ reference polling design; one JSON line per run.
   --scale-cold       also restart after dropping the page cache
   --idle S           idle time before a measured run (default 2)
   --w3-window S      W3 measuring window             (default 20)
+  --timeout S        give up on a goal's report after S seconds (default
+                     60); two workbusd runs failing in a row stop the bench
   --w3-long S        also one W3 run with an S-second window, to average
                      over heartbeats (default 0: none)
   --quiet-busy F     wait until others use < F of the CPUs first (default 0.10)
@@ -119,6 +121,7 @@ struct Opts {
     scale_answered: usize,
     scale_cold: bool,
     idle: f64,
+    timeout: u64,
     w3_window: f64,
     w3_long: f64,
     quiet_busy: f64,
@@ -159,6 +162,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         scale_answered: 50_000,
         scale_cold: false,
         idle: 2.0,
+        timeout: 60,
         w3_window: 20.0,
         w3_long: 0.0,
         quiet_busy: 0.10,
@@ -193,6 +197,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--scale-cold" => o.scale_cold = true,
             "--idle" => o.idle = val()?.parse()?,
             "--w3-window" => o.w3_window = val()?.parse()?,
+            "--timeout" => o.timeout = val()?.parse()?,
             "--w3-long" => o.w3_long = val()?.parse()?,
             "--quiet-busy" => o.quiet_busy = val()?.parse()?,
             "--quiet-max" => o.quiet_max = val()?.parse()?,
@@ -1095,8 +1100,10 @@ impl Bench {
         let daemon_cpu = proc_cpu_s(d.pid);
         let worker_cpu: f64 = d.workers.iter().filter_map(|p| proc_cpu_s(*p)).sum();
         let ready_s = d.ready_s;
+        let log = d.log.clone();
         let st = d.stop()?;
-        let mut v = r?;
+        let mut v =
+            r.with_context(|| format!("the daemon's log ends with:\n{}", tail(&log, 12)))?;
         v["ready_s"] = json!(ready_s);
         v["daemon"] = json!({"vmhwm_kb": hwm, "cpu_s": daemon_cpu, "workers_cpu_s": worker_cpu,
                              "exit": st.code()});
@@ -1138,7 +1145,8 @@ impl Bench {
         let mut hops = Vec::new();
         for (id, path, tasks) in staged {
             sub.trace.clear();
-            let (lat, report, t0, t1) = sub.submit(&id, &path, Duration::from_secs(300))?;
+            let (lat, report, t0, t1) =
+                sub.submit(&id, &path, Duration::from_secs(self.o.timeout))?;
             check_report(workload, &id, n, &report)?;
             goals.push(json!({"id": id, "latency_s": lat, "tasks": tasks}));
             if trace {
@@ -1527,6 +1535,13 @@ fn remove_stale(parent: &Path) {
     }
 }
 
+/// The last `n` lines of a file.
+fn tail(p: &Path, n: usize) -> String {
+    let s = fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn count_dir(p: &Path) -> usize {
     fs::read_dir(p).map_or(0, |rd| rd.count())
 }
@@ -1710,6 +1725,7 @@ fn run_all(b: &mut Bench, configs: &[Config]) -> anyhow::Result<()> {
     let has = |w: &str| wl.iter().any(|x| x == w);
     let first = configs[0].clone();
     let mut failures = 0;
+    let mut in_a_row = 0;
     for rep in 1..=b.o.reps {
         eprintln!("wb-bench: repetition {rep} of {}", b.o.reps);
         for cfg in configs {
@@ -1722,6 +1738,14 @@ fn run_all(b: &mut Bench, configs: &[Config]) -> anyhow::Result<()> {
                     .is_err()
                 {
                     failures += 1;
+                    in_a_row += 1;
+                    if in_a_row >= 2 {
+                        bail!(
+                            "two workbusd runs failed in a row: the daemon looks broken; see the daemon.log files under the bus folders (--keep keeps them)"
+                        );
+                    }
+                } else {
+                    in_a_row = 0;
                 }
                 if !b.o.ref_workloads.iter().any(|x| *x == w.to_lowercase()) {
                     continue;
