@@ -435,10 +435,11 @@ fn a_worker_past_its_timeout_is_killed_with_its_children() {
         pids["pid"].as_i64().unwrap() as i32,
         "the worker leads its own process group"
     );
-    assert_eq!(
-        group_members(pgid).len(),
-        1 + 3 * 2,
-        "worker, 3 shells and their sleeps"
+    // The worker, its 3 shells and their sleeps (the shells fork a moment later).
+    wait_for(
+        Duration::from_secs(10),
+        "the worker's whole group to start",
+        || (group_members(pgid).len() == 1 + 3 * 2).then_some(()),
     );
     let r = bus.wait_report("slow", Duration::from_secs(30));
     assert_eq!(r.outcome, Outcome::Failed);

@@ -828,8 +828,10 @@ impl Engine {
                     self.attempt_failed(now, key, e, true, out);
                     return;
                 }
+                // Per task: debug. The goal's own lines (accepted, ended)
+                // and every failure stay at info and above.
                 out.push(note_key(
-                    Level::Info,
+                    Level::Debug,
                     key,
                     t.worker.as_ref(),
                     "succeeded".into(),

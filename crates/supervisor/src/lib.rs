@@ -10,5 +10,7 @@ mod process;
 mod user;
 
 pub use backoff::{Backoff, CrashWindow};
-pub use process::{Exit, ExitStatus, LineSink, Running, Spec, StopReason, Stream, kill_group};
+pub use process::{
+    Exit, ExitStatus, Input, LineSink, Running, Spec, StopReason, Stream, kill_group,
+};
 pub use user::{Identity, resolve_identity};

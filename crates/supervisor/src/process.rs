@@ -26,8 +26,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub identity: Option<Identity>,
-    /// Bytes for stdin; `None` gives `/dev/null`.
-    pub stdin: Option<Vec<u8>>,
+    /// What stdin reads.
+    pub stdin: Input,
     /// Keep at most this much of stdout (0: keep none).
     pub stdout_cap: u64,
     /// Keep this many bytes of the end of stderr.
@@ -37,6 +37,19 @@ pub struct Spec {
     /// than started with the cheaper `posix_spawn`; without it an orphan is
     /// the caller's to find and stop.
     pub die_with_daemon: bool,
+}
+
+/// Where a process's stdin comes from.
+#[derive(Clone, Debug, Default)]
+pub enum Input {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// These bytes, through a pipe.
+    Bytes(Vec<u8>),
+    /// This file, opened read-only: no pipe and no copy (a spawned task
+    /// reads its record straight from its claim file).
+    File(PathBuf),
 }
 
 /// Which output a line came from.
@@ -114,10 +127,10 @@ impl Spec {
             .env_remove("LISTEN_PID")
             .env_remove("JOURNAL_STREAM")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match &self.stdin {
+                Input::Null => Stdio::null(),
+                Input::Bytes(_) => Stdio::piped(),
+                Input::File(path) => Stdio::from(std::fs::File::open(path)?),
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -180,7 +193,10 @@ impl Spec {
         Ok(Running {
             pid: child.id().unwrap_or(0),
             child,
-            stdin: self.stdin.clone(),
+            stdin: match &self.stdin {
+                Input::Bytes(b) => Some(b.clone()),
+                _ => None,
+            },
             spec_cap: self.stdout_cap,
             stderr_tail: self.stderr_tail,
             started: Instant::now(),

@@ -45,7 +45,7 @@ async fn output_status_and_lines() {
             .push((s, String::from_utf8_lossy(b).into_owned()))
     });
     let mut spec = sh("cat; echo; echo oops >&2; exit 3");
-    spec.stdin = Some(b"{\"task\":1}".to_vec());
+    spec.stdin = workbus_supervisor::Input::Bytes(b"{\"task\":1}".to_vec());
     let (_tx, rx) = oneshot::channel();
     let exit = spec
         .start()

@@ -65,7 +65,7 @@ pub struct Daemon {
     archive_queue: Vec<AttemptKey>,
     /// `archive/<goal>/` folders known to exist.
     archive_dirs: HashSet<Id>,
-    status_dirty: bool,
+    pub(crate) status_dirty: bool,
     last_status: Option<Instant>,
     fleet_reload_at: Option<Instant>,
     /// The fleet file's mtime as last seen by the poller.

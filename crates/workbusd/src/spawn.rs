@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use workbus_bus::{Folder, ReadError, read_capped};
-use workbus_engine::{Input, template};
+use workbus_engine::{Effect, Input, template};
 use workbus_proto::fleet::WorkerSpec;
 use workbus_proto::names::{ArchiveKind, AttemptKey};
 use workbus_proto::result::{ResultRecord, ResultStatus};
@@ -151,7 +151,7 @@ impl Daemon {
             env,
             cwd: spec.cwd.clone(),
             identity,
-            stdin: Some(json_bytes(&*record)),
+            stdin: workbus_supervisor::Input::File(claim_path.clone()),
             stdout_cap: self.cfg.max_result_bytes,
             stderr_tail: 2048,
             // Started with posix_spawn: a task process that outlives a
@@ -326,6 +326,29 @@ impl Daemon {
         if record.status == ResultStatus::Ok && record.output.is_none() {
             record.output = Some(Value::Null);
         }
+        let bytes = json_bytes(&record);
+        let effects = self.engine.handle(
+            Timestamp::now(),
+            Input::Result {
+                key: key.clone(),
+                result: record,
+            },
+        );
+        self.status_dirty = true;
+        // The slot this process held goes to the next task waiting for it
+        // before the bookkeeping: such a task does not depend on this result
+        // (one this result released is published after the result is written).
+        let released: std::collections::HashSet<(Id, Id, u32)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(r) => Some((r.goal.clone(), r.task.clone(), r.attempt)),
+                _ => None,
+            })
+            .collect();
+        let (first, rest): (Vec<Effect>, Vec<Effect>) = effects.into_iter().partition(|e| {
+            matches!(e, Effect::Dispatch { record, .. } if !released.contains(&(record.goal.clone(), record.task.clone(), record.attempt)))
+        });
+        self.apply(first);
         self.ensure_archive_dir(&key.goal);
         let dir = self.bus.archive_dir(&key.goal);
         let name = key.archive_name(ArchiveKind::Result);
@@ -335,15 +358,12 @@ impl Daemon {
         let deferred = !self.pending.is_empty();
         if self
             .pending
-            .write(&dir, &name, json_bytes(&record), deferred && self.cfg.fsync)
+            .write(&dir, &name, bytes, deferred && self.cfg.fsync)
             && self.cfg.fsync
         {
             self.unsynced.add(dir.join(&name));
         }
-        self.feed(Input::Result {
-            key: key.clone(),
-            result: record,
-        });
+        self.apply(rest);
     }
 
     // ----- resident workers ----------------------------------------------
@@ -395,7 +415,7 @@ impl Daemon {
                 env,
                 cwd: spec.cwd.clone(),
                 identity,
-                stdin: None,
+                stdin: workbus_supervisor::Input::Null,
                 stdout_cap: 0,
                 stderr_tail: 2048,
                 die_with_daemon: true,

@@ -1098,7 +1098,11 @@ impl Bench {
         let r = self.drive(workload, cfg, rep, &run, &mut d, residents, trace);
         let hwm = status_kb(d.pid, "VmHWM");
         let daemon_cpu = proc_cpu_s(d.pid);
-        let worker_cpu: f64 = d.workers.iter().filter_map(|p| proc_cpu_s(*p)).sum();
+        let worker_cpu = d
+            .workers
+            .iter()
+            .filter_map(|p| proc_cpu_s(*p))
+            .fold(0.0, |a, b| a + b);
         let ready_s = d.ready_s;
         let log = d.log.clone();
         let st = d.stop()?;
