@@ -109,7 +109,9 @@ impl Daemon {
         // inbox; recovery finds it is this accepted goal and finishes the move.
         let goals = self.bus.dir(Folder::Goals);
         let file = format!("{}.json", goal.id);
-        if let Err(e) = workbus_bus::write_atomic(&goals, &file, &json_bytes(&goal), false) {
+        // Compact: a goal of many tasks would double in size pretty-printed.
+        let bytes = serde_json::to_vec(&goal).unwrap_or_default();
+        if let Err(e) = workbus_bus::write_atomic(&goals, &file, &bytes, false) {
             tracing::error!(path = %goals.display(), "cannot accept goal {}: {e}; it stays in the inbox and is retried", goal.id);
             self.rescan_later(Folder::Inbox, Duration::from_secs(1));
             return;
