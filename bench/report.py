@@ -30,7 +30,7 @@ PUBLISHED = {
     ("W3", "idle"): {"polling": "14.8 ms / 100", "celery": "61 ms / 306"},
     ("W4", "tasks_per_s"): {"polling-one": "60", "polling-all": "657 (tmpfs 1 068)", "celery": "328"},
 }
-HWM_LIMIT_KB = 200e6 / 1024  # 200 MB, read as 200 * 10^6 bytes (the stricter reading)
+HWM_LIMIT_KB = 200e6 / 1024  # 200 MB, read as 200 * 10^6 bytes (the stricter reading: 195 313 kB)
 
 
 def med(xs):
@@ -93,7 +93,7 @@ def main():
     limits = load(a.limits) if a.limits else []
     o = Out(a.markdown)
     summaries = []
-    targets = []  # (target, value, limit text, pass)
+    targets = []  # (target, value, wanted, pass, official)
 
     host = next((r for r in rows if r.get("run") == "host"), {})
     if host:
@@ -158,13 +158,19 @@ def main():
                     continue
                 sm = [r["summary"] for r in rs]
                 medm = med([x["median_s"] for x in sm]) * 1e3
+                fs_ = rs[0]["fs"]
+                floor = None
+                if lim_lat_us(fs_, "none") is not None:
+                    floor = (lim_lat_us(fs_, "none")
+                             + lim_lat_us(fs_, "file+dir" if rs[0]["fsync"] else "none")) / 1e3
                 row = [c, s, len(rs),
                        " / ".join(f2(x["median_s"] * 1e3) for x in sm),
                        f2(medm), f2(med([x["p90_s"] for x in sm]) * 1e3),
                        f2(max(x["max_s"] for x in sm) * 1e3),
                        f2(medm / 3, 3),
                        " / ".join(f2(x["first_s"] * 1e3, 1) for x in sm),
-                       f2(med([x["warm_median_s"] for x in sm]) * 1e3)]
+                       f2(med([x["warm_median_s"] for x in sm]) * 1e3),
+                       f"{medm / 3 / floor:.1f}x {floor:.3f}" if floor else "-"]
                 t.append(row)
                 summaries.append({"summary": "W1", "config": c, "system": s, "reps": len(rs),
                                   "median_ms": medm, "p90_ms": med([x["p90_s"] for x in sm]) * 1e3,
@@ -172,23 +178,26 @@ def main():
                                   "per_hop_ms": medm / 3,
                                   "first_ms": [x["first_s"] * 1e3 for x in sm]})
         o.table(["config", "system", "reps", "median per rep", "median", "p90", "max",
-                 "per hop", "first after idle per rep", "warm median"], t)
+                 "per hop", "first after idle per rep", "warm median", "per hop / L floor (ms)"], t)
         o.note("median, p90 = medians over the repetitions of each repetition's median and p90 "
                "(nearest rank) of 30 latencies; max = the largest of all; per hop = median / 3; "
                "first after idle = goal 1 of each repetition (>= 2 s idle); warm median = median of "
-               "goals 2-30.")
+               "goals 2-30; L floor = "
+               "the median latency of one atomic publish without fsync (the task) plus one with "
+               "fsync of file and folder (the result; without fsync when fsync is off), from L "
+               "in the same run: what one hop cannot go below.")
         for c in configs:
             rs = get("W1", c, "workbusd")
             if not rs:
                 continue
             sm = [r["summary"] for r in rs]
             hop = med([x["median_s"] for x in sm]) * 1e3 / 3
-            targets.append((f"W1 per-hop median ({c})", f"{hop:.3f} ms", "<= 1.1 ms", hop <= 1.1))
+            targets.append((f"W1 per-hop median ({c})", f"{hop:.3f} ms", "<= 1.1 ms", hop <= 1.1, c == "disk"))
             worst = max(x["first_s"] - x["warm_median_s"] for x in sm) * 1e3
             targets.append((f"W1 first goal after 2 s idle ({c})",
                             "first - warm median: " + " / ".join(
                                 f"{(x['first_s'] - x['warm_median_s']) * 1e3:+.2f}" for x in sm) + " ms",
-                            "<= +5 ms", worst <= 5.0))
+                            "<= +5 ms", worst <= 5.0, c == "disk"))
         trace = [r for r in rows if r.get("workload") == "W1-trace" and r.get("final")]
         if trace:
             h = trace[-1]["hop_medians_ms"]
@@ -245,12 +254,12 @@ def main():
                 ref_rate = med([r["summary"]["tasks_per_s"] for r in ref]) if ref else None
                 fsync = rs[0]["fsync"]
                 if fsync and rs[0]["fs"] != "tmpfs":
-                    targets.append((f"W2 default durability ({c})", f"{rate:,.0f} tasks/s", ">= 915 (3x Celery)", rate >= 915))
+                    targets.append((f"W2 default durability ({c})", f"{rate:,.0f} tasks/s", ">= 915 (3x Celery)", rate >= 915, c == "disk"))
                 if ref_rate:
                     k = 1 if fsync else 2
                     targets.append((f"W2 vs polling-all, same run ({c})",
                                     f"{rate:,.0f} vs {ref_rate:,.0f} = {rate / ref_rate:.2f}x",
-                                    f">= {k}x", rate >= k * ref_rate))
+                                    f">= {k}x", rate >= k * ref_rate, c in ("disk", "disk-nofsync")))
         else:
             for c in configs:
                 rs = get("W4", c, "workbusd")
@@ -260,7 +269,7 @@ def main():
                     lr = l4["tasks_per_s_median"]
                     targets.append((f"W4 vs raw 4-wide posix_spawn ({c})",
                                     f"{rate:,.0f} vs {lr:,.0f} = {100 * rate / lr:.0f} %", ">= 80 %",
-                                    rate >= 0.8 * lr))
+                                    rate >= 0.8 * lr, c == "disk"))
 
     # ----- W3 -----
     w3 = [r for r in runs if r["workload"] == "W3"]
@@ -277,8 +286,20 @@ def main():
         t.append(["median", "", f2(cpu, 3), f2(med([r["summary"]["cpu_s"] for r in w3]) * 1e3, 0), wk, "", "", ""])
         o.table(["config", "rep", "CPU ms (schedstat)", "CPU ms (ticks)", "wakeups", "processes",
                  "threads", "wakeups per process"], t)
-        targets.append(("W3 wakeups in 20 s (daemon + 4 workers)", f"{wk:g}", "< 20", wk < 20))
-        targets.append(("W3 CPU in 20 s", f"{cpu:.3f} ms", "< 5 ms", cpu < 5))
+        targets.append(("W3 wakeups in 20 s (daemon + 4 workers)", f"{wk:g}", "< 20", wk < 20, True))
+        targets.append(("W3 CPU in 20 s", f"{cpu:.3f} ms", "< 5 ms", cpu < 5, True))
+    w3l = [r for r in runs if r["workload"] == "W3-long"]
+    for r in w3l:
+        s = r["summary"]
+        k = 20.0 / s["window_s"]
+        o.note(f"W3 over a longer window ({s['window_s']:.0f} s, so that every worker's heartbeat "
+               f"(every 30 s) falls in it): {s['wakeups']} wakeups, {s['sched_cpu_s'] * 1e3:.2f} ms CPU "
+               f"= {s['wakeups'] * k:.1f} wakeups and {s['sched_cpu_s'] * 1e3 * k:.2f} ms per 20 s; per process: "
+               + ", ".join(f"{p['comm']} {p['wakeups']}" for p in r.get("processes", [])))
+        targets.append((f"W3 wakeups per 20 s, averaged over {s['window_s']:.0f} s",
+                        f"{s['wakeups'] * k:.1f}", "< 20", s["wakeups"] * k < 20, True))
+        targets.append((f"W3 CPU per 20 s, averaged over {s['window_s']:.0f} s",
+                        f"{s['sched_cpu_s'] * 1e3 * k:.2f} ms", "< 5 ms", s["sched_cpu_s"] * 1e3 * k < 5, True))
 
     # ----- scale -----
     sc = [r for r in rows if r.get("workload") == "scale" and "error" not in r]
@@ -295,14 +316,19 @@ def main():
                       f"VmHWM {n0(x['vmhwm_kb'])} kB; CPU {x['cpu_s']:.2f} s"])
         o.table(["what", "time", "memory"], t)
         o.note(f"Bus: {r['shape']}; files before the restart: {r['files_before_restart']}.")
-        ready = max(x["ready_s"] for x in r["restarts"])
-        targets.append(("Scale: start to READY=1 with the big bus", " / ".join(
-            f"{x['cache']} {x['ready_s']:.3f} s" for x in r["restarts"]), "< 2 s", ready < 2))
-        hwm = max([s["vmhwm_kb"]] + [x["vmhwm_kb"] for x in r["restarts"]])
-        targets.append((f"Scale: VmHWM holding a {r['tasks']:,}-task goal", f"{hwm / 1024:.0f} MiB ({hwm:,.0f} kB)",
-                        "< 200 MB", hwm < HWM_LIMIT_KB))
+        for x in r["restarts"]:
+            # the cold restart (page cache dropped) is shown for information
+            targets.append((f"Scale: start to READY=1 with the big bus, {x['cache']} page cache",
+                            f"{x['ready_s']:.3f} s", "< 2 s", x["ready_s"] < 2, x["cache"] == "warm"))
+        hwm = s["vmhwm_kb"]
+        targets.append((f"Scale: VmHWM holding a {r['tasks']:,}-task goal (submitted)",
+                        f"{hwm * 1024 / 1e6:.0f} MB ({hwm:,.0f} kB)", "< 200 MB", hwm < HWM_LIMIT_KB, True))
+        for x in r["restarts"]:
+            targets.append((f"Scale: VmHWM after a restart, {x['cache']} page cache",
+                            f"{x['vmhwm_kb'] * 1024 / 1e6:.0f} MB ({x['vmhwm_kb']:,.0f} kB)", "< 200 MB",
+                            x["vmhwm_kb"] < HWM_LIMIT_KB, True))
         summaries.append({"summary": "scale", "ready_s": [x["ready_s"] for x in r["restarts"]],
-                          "vmhwm_kb": hwm})
+                          "vmhwm_kb": [hwm] + [x["vmhwm_kb"] for x in r["restarts"]]})
 
     # ----- reference vs published -----
     if any(k[2].startswith("polling") for k in groups):
@@ -329,9 +355,15 @@ def main():
     if targets:
         o.title("Targets")
         o.table(["target", "measured", "wanted", "result"],
-                [[a_, b_, c_, "PASS" if ok else "FAIL"] for a_, b_, c_, ok in targets])
-        for a_, b_, c_, ok in targets:
-            summaries.append({"summary": "target", "target": a_, "measured": b_, "wanted": c_, "pass": ok})
+                [[a_, b_, c_, ("PASS" if ok else "FAIL") if off else ("(pass)" if ok else "(fail)")]
+                 for a_, b_, c_, ok, off in targets])
+        o.note("The targets are set for the default configuration (disk = ext4 under /var/tmp, fsync "
+               "on; fsync off for the 2x target); results in parentheses are the same test in "
+               "another configuration (or, for the restart, after dropping the page cache), for "
+               "information. 200 MB is read as 200 * 10^6 bytes.")
+        for a_, b_, c_, ok, off in targets:
+            summaries.append({"summary": "target", "target": a_, "measured": b_, "wanted": c_,
+                              "pass": ok, "official": off})
     if contended or retried or errors:
         o.note(f"{len(retried)} contended attempt(s) were re-run; {len(contended)} kept run(s) are "
                f"still contended (others used > 10 % of the CPUs); {len(errors)} run(s) failed.")
