@@ -22,6 +22,28 @@ fn lacks_root(test: &str) -> bool {
     true
 }
 
+/// Tests that change system-wide inotify limits run one at a time, and not
+/// while another test here relies on inotify.
+static INOTIFY_LIMITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A sysctl set for the life of the value, restored when dropped.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = fs::read_to_string(path).unwrap();
+        fs::write(path, value).unwrap();
+        Sysctl { path, old }
+    }
+}
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path, self.old.trim());
+    }
+}
+
 /// Unmounts when dropped.
 struct Mount(PathBuf);
 impl Drop for Mount {
@@ -94,6 +116,7 @@ fn a_bus_behind_fuse_is_polled_and_works() {
         return;
     }
     ensure_package("bindfs", "bindfs");
+    let _limits = INOTIFY_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new("/dev/fuse").exists() {
         eprintln!("SKIP a_bus_behind_fuse_is_polled_and_works: this machine has no /dev/fuse");
         return;
@@ -263,4 +286,55 @@ fn the_package_works_under_a_booted_systemd() {
         ),
         _ => panic!("tests/system/workbusd.sh failed:\n{text}"),
     }
+}
+
+#[test]
+fn an_inotify_queue_overflow_is_caught_by_a_rescan() {
+    if lacks_root("an_inotify_queue_overflow_is_caught_by_a_rescan") {
+        return;
+    }
+    let _limits = INOTIFY_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 4));
+    // The daemon's inotify queue is sized when it starts: make it tiny.
+    let small = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "4");
+    let d = bus.start();
+    drop(small);
+    for i in 0..60 {
+        bus.submit(
+            &format!("flood{i}.toml"),
+            "[[task]]\nid = \"a\"\nneeds = [\"x\"]\ninput = { output = 1 }\n",
+        );
+    }
+    for i in 0..60 {
+        assert_eq!(
+            bus.wait_report(&format!("flood{i}"), Duration::from_secs(60))
+                .outcome,
+            Outcome::Succeeded
+        );
+    }
+    assert!(
+        d.log_text()
+            .contains("rescanning every folder: the inotify queue overflowed"),
+        "the overflow was seen and rescanned"
+    );
+}
+
+#[test]
+fn running_out_of_inotify_watches_falls_back_to_polling() {
+    if lacks_root("running_out_of_inotify_watches_falls_back_to_polling") {
+        return;
+    }
+    let _limits = INOTIFY_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 1));
+    let none_left = Sysctl::set("/proc/sys/fs/inotify/max_user_watches", "1");
+    let d = bus.start();
+    drop(none_left);
+    d.wait_log("inotify is not usable", Duration::from_secs(5));
+    d.wait_log("falling back to polling", Duration::from_secs(5));
+    bus.submit("polled.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\n");
+    assert_eq!(
+        bus.wait_report("polled", Duration::from_secs(30)).outcome,
+        Outcome::Succeeded
+    );
+    assert_eq!(bus.status().unwrap()["daemon"]["watch"], "poll");
 }
