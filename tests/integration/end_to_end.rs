@@ -547,3 +547,28 @@ fn the_demo_runs_from_a_fresh_checkout() {
     assert!(archive.join("build.1.result.json").exists());
     assert!(!archive.join("build.1.stale.json").exists());
 }
+
+/// People `cp` goals into the inbox: a file still being written is read
+/// when it is complete, not half-way (and not rejected for it).
+#[test]
+fn a_goal_written_slowly_in_place_is_read_when_complete() {
+    use std::io::Write;
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
+    let _d = bus.start();
+    let text = "[[task]]\nid = \"first\"\nneeds = [\"x\"]\n\n[[task]]\nid = \"second\"\nneeds = [\"x\"]\nafter = [\"first\"]\n";
+    let (a, b) = text.split_at(text.find("\n\n").unwrap() + 2);
+    let mut f = fs::File::create(bus.path("inbox/slow.toml")).unwrap();
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    f.write_all(b.as_bytes()).unwrap();
+    drop(f);
+    let r = bus.wait_report("slow", Duration::from_secs(30));
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    assert_eq!(
+        r.tasks.len(),
+        2,
+        "both tasks, not the first half of the file"
+    );
+    assert!(!bus.path("rejected/slow.toml").exists());
+}

@@ -243,7 +243,7 @@ impl Daemon {
     }
 
     pub fn wait_ready(mut self) -> Daemon {
-        self.wait_message("READY=1", Duration::from_secs(30));
+        self.wait_message("READY=1", Duration::from_secs(90));
         self
     }
 

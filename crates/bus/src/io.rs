@@ -67,7 +67,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fdatasynced (mostly waiting on writes already under way), then each
 /// folder is fsynced once. For 500 small files this takes about half as
 /// long as fsyncing each in turn.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     files: Vec<PathBuf>,
     oldest: Option<std::time::Instant>,
@@ -104,6 +104,14 @@ impl WriteBatch {
 
     pub fn len(&self) -> usize {
         self.files.len()
+    }
+
+    /// Takes over the files of `other` (a batch that could not be committed).
+    pub fn absorb(&mut self, other: &mut WriteBatch) {
+        if let Some(t) = other.oldest.take() {
+            self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
+        }
+        self.files.append(&mut other.files);
     }
 
     /// When the oldest file not yet durable was added.

@@ -18,6 +18,9 @@ impl Daemon {
         names.sort();
         let any = !names.is_empty();
         for name in names {
+            if !self.settled(Folder::Control, &name) {
+                continue;
+            }
             let path = self.bus.path(Folder::Control, &name);
             if !name.ends_with(".json") {
                 self.reject_file(

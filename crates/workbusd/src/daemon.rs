@@ -24,10 +24,15 @@ use crate::status::Metrics;
 use crate::systemd::Notifier;
 use crate::watch::{self, FsWatcher, Poller, WatchChoice};
 
-/// Results are made durable in batches, at least this often...
-const UNSYNCED_MAX_AGE: Duration = Duration::from_secs(1);
+/// A dropped file with no event saying it is complete is read once it has
+/// not changed between two looks, or is this old.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Spawn results are made durable in batches, in the background, at least
+/// this often...
+const UNSYNCED_MAX_AGE: Duration = Duration::from_millis(100);
 /// ...and at least every this many.
-const UNSYNCED_MAX: usize = 1024;
+const UNSYNCED_MAX: usize = 256;
 
 /// The daemon and everything it owns.
 pub struct Daemon {
@@ -48,6 +53,10 @@ pub struct Daemon {
     dirty: BTreeSet<Folder>,
     /// When `claimed/` is next scanned, while bus workers have tasks to claim.
     next_claim_scan: Option<Instant>,
+    /// Files an event said are complete, not yet read.
+    pub(crate) complete: HashSet<(Folder, String)>,
+    /// Files seen without such an event: their size and mtime when seen.
+    pub(crate) unsettled: HashMap<(Folder, String), (u64, Option<std::time::SystemTime>)>,
     /// Folders to rescan later (after a transient error).
     rescan_at: Option<(Instant, BTreeSet<Folder>)>,
     next_safety_rescan: Instant,
@@ -61,6 +70,8 @@ pub struct Daemon {
     pub(crate) pending: Pending,
     /// Results written without fsync, to be made durable together.
     pub(crate) unsynced: workbus_bus::WriteBatch,
+    /// Batches being made durable by a helper thread.
+    syncing: Vec<std::thread::JoinHandle<(workbus_bus::WriteBatch, std::io::Result<()>)>>,
     /// Attempts to move into the archive at the end of this loop turn.
     archive_queue: Vec<AttemptKey>,
     /// `archive/<goal>/` folders known to exist.
@@ -118,6 +129,8 @@ impl Daemon {
             started_at: Timestamp::now(),
             dirty: BTreeSet::new(),
             rescan_at: None,
+            complete: HashSet::new(),
+            unsettled: HashMap::new(),
             next_claim_scan: None,
             next_safety_rescan: Instant::now() + cfg.rescan_interval.0,
             claims_seen: HashSet::new(),
@@ -127,6 +140,7 @@ impl Daemon {
             pending: Pending::default(),
             archive_queue: Vec::new(),
             unsynced: workbus_bus::WriteBatch::new(true),
+            syncing: Vec::new(),
             archive_dirs: HashSet::new(),
             status_dirty: true,
             last_status: None,
@@ -292,6 +306,10 @@ impl Daemon {
             Event::Folder(f) => {
                 self.dirty.insert(f);
             }
+            Event::Arrived(f, name) => {
+                self.dirty.insert(f);
+                self.complete.insert((f, name));
+            }
             Event::Rescan(why) => {
                 tracing::warn!("rescanning every folder: {why}");
                 self.dirty.extend(watch::SCANNED);
@@ -347,7 +365,7 @@ impl Daemon {
             .is_some_and(|t| t + UNSYNCED_MAX_AGE <= now)
             || self.unsynced.len() >= UNSYNCED_MAX
         {
-            self.make_durable();
+            self.sync_in_background();
         }
         if self.next_claim_scan.is_some_and(|t| t <= now) {
             self.next_claim_scan = None;
@@ -406,6 +424,43 @@ impl Daemon {
                 *at = (*at).min(Instant::now() + p.reset());
             }
         }
+    }
+
+    /// Whether a file dropped into `f` may be read now: when an event said
+    /// its writer is done (renamed in, or closed after writing), or when it
+    /// has not been modified for `SETTLE`. When polling (no events) a file
+    /// that has not changed between two looks is taken as done too. A `cp`
+    /// into the inbox is read when complete, not half-way.
+    pub(crate) fn settled(&mut self, f: Folder, name: &str) -> bool {
+        let key = (f, name.to_string());
+        if self.complete.remove(&key) {
+            self.unsettled.remove(&key);
+            return true;
+        }
+        let Ok(md) = std::fs::symlink_metadata(self.bus.path(f, name)) else {
+            return true;
+        };
+        if !md.file_type().is_file() {
+            return true;
+        }
+        let seen = (md.len(), md.modified().ok());
+        let age = md
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or(SETTLE);
+        let before = self.unsettled.insert(key.clone(), seen);
+        if age >= SETTLE || (self.watch.poll && before == Some(seen)) {
+            self.unsettled.remove(&key);
+            return true;
+        }
+        let again = if self.watch.poll {
+            self.cfg.poll_min.0
+        } else {
+            SETTLE - age
+        };
+        self.rescan_later(f, again.max(Duration::from_millis(20)));
+        false
     }
 
     /// Rescans `folder` after `delay` (a transient error).
@@ -529,11 +584,62 @@ impl Daemon {
         self.archive_dirs.insert(goal.clone());
     }
 
-    /// Makes the results written without fsync durable, all at once.
-    pub(crate) fn make_durable(&mut self) {
+    /// Hands the results written so far to a helper thread that makes
+    /// them durable (it waits on the disk, not the event loop).
+    fn sync_in_background(&mut self) {
+        self.reap_syncs(false);
+        if self.unsynced.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
+        let kept = batch.clone();
+        let spawned = std::thread::Builder::new()
+            .name("workbusd-fsync".into())
+            .spawn(move || {
+                let r = batch.commit();
+                (batch, r)
+            });
+        match spawned {
+            Ok(h) => self.syncing.push(h),
+            Err(e) => {
+                tracing::warn!("cannot start a thread to fsync results ({e}); doing it here");
+                self.unsynced = kept;
+                self.commit_here();
+            }
+        }
+    }
+
+    /// Collects finished background syncs (all of them, waiting, with `wait`).
+    /// A batch that failed comes back to be tried again.
+    fn reap_syncs(&mut self, wait: bool) {
+        let mut i = 0;
+        while i < self.syncing.len() {
+            if !wait && !self.syncing[i].is_finished() {
+                i += 1;
+                continue;
+            }
+            match self.syncing.swap_remove(i).join() {
+                Ok((_, Ok(()))) => {}
+                Ok((mut batch, Err(e))) => {
+                    tracing::error!("cannot make results durable: {e}; retrying");
+                    self.unsynced.absorb(&mut batch);
+                }
+                Err(_) => tracing::error!("the fsync thread panicked"),
+            }
+        }
+    }
+
+    fn commit_here(&mut self) {
         if let Err(e) = self.unsynced.commit() {
             tracing::error!("cannot make results durable: {e}; retrying");
         }
+    }
+
+    /// Makes every result written without fsync durable before returning:
+    /// the barrier before anything that depends on them is written.
+    pub(crate) fn make_durable(&mut self) {
+        self.reap_syncs(true);
+        self.commit_here();
     }
 
     /// Carries out the archive moves queued during this loop turn.

@@ -11,6 +11,9 @@ use workbus_supervisor::Exit;
 pub enum Event {
     /// Something changed in a watched folder: rescan it.
     Folder(Folder),
+    /// A file is complete in a watched folder (renamed in, or closed by its
+    /// writer): rescan the folder, and read this file without waiting.
+    Arrived(Folder, String),
     /// Rescan every folder (queue overflow, safety).
     Rescan(String),
     /// The watcher failed.

@@ -40,7 +40,9 @@ impl Daemon {
         let any = !names.is_empty();
         for name in names {
             self.notifier.pet();
-            self.ingest(&name);
+            if self.settled(Folder::Inbox, &name) {
+                self.ingest(&name);
+            }
         }
         any
     }

@@ -20,7 +20,18 @@ impl Daemon {
     /// Lists a bus folder; on error, logs and retries the scan later.
     pub(crate) fn list_folder(&mut self, f: Folder) -> Option<Vec<String>> {
         match workbus_bus::list(&self.bus.dir(f)) {
-            Ok(names) => Some(names),
+            Ok(names) => {
+                // Forget what the folder no longer holds.
+                if !self.complete.is_empty() || !self.unsettled.is_empty() {
+                    let present: std::collections::HashSet<&str> =
+                        names.iter().map(String::as_str).collect();
+                    self.complete
+                        .retain(|(g, n)| *g != f || present.contains(n.as_str()));
+                    self.unsettled
+                        .retain(|(g, n), _| *g != f || present.contains(n.as_str()));
+                }
+                Some(names)
+            }
             Err(e) => {
                 tracing::error!(path = %self.bus.dir(f).display(), "cannot list the folder: {e}; retrying");
                 self.rescan_later(f, Duration::from_secs(1));
@@ -77,7 +88,7 @@ impl Daemon {
             };
             // A spawned program may write its result file while it runs; it
             // is read when the program exits.
-            if self.spawns.contains_key(&key) {
+            if self.spawns.contains_key(&key) || !self.settled(Folder::Results, &name) {
                 continue;
             }
             any = true;
@@ -109,6 +120,9 @@ impl Daemon {
             let Some(stem) = name.strip_suffix(".json") else {
                 continue;
             };
+            if !self.settled(Folder::Workers, &name) {
+                continue;
+            }
             let path = self.bus.path(Folder::Workers, &name);
             let mut ad = match read_json::<WorkerAd>(&path, MAX_AD_BYTES) {
                 Ok(ad) if ad.name.as_str() == stem => ad,

@@ -160,13 +160,6 @@ impl Daemon {
             // goes with it.
             die_with_daemon: false,
         };
-        let running = match proc_spec.start() {
-            Ok(r) => r,
-            Err(e) => {
-                self.spawn_failed(&key, &worker, format!("worker {worker}: {e}"));
-                return;
-            }
-        };
         self.ensure_archive_dir(&key.goal);
         let log = CappedLog::create(
             self.bus.archive_path(&key, ArchiveKind::Log),
@@ -191,7 +184,13 @@ impl Daemon {
         let tx = self.tx.clone();
         let grace = self.cfg.kill_grace.0;
         tokio::spawn(async move {
-            let exit = running.wait(sink, stop_rx, grace).await;
+            // posix_spawn blocks its caller until the child has exec'd: that
+            // wait happens on a blocking thread, not in the event loop.
+            let exit = match tokio::task::spawn_blocking(move || proc_spec.start()).await {
+                Ok(Ok(running)) => running.wait(sink, stop_rx, grace).await,
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
             let _ = tx.send(Event::SpawnExited { key, worker, exit });
         });
     }
@@ -244,9 +243,7 @@ impl Daemon {
         let raw_path = self.bus.result_path(&key);
         let live = self.engine.is_live(&key);
         let mut record = match exit {
-            Err(e) => ResultRecord::error(format!(
-                "worker {worker}: waiting for the process failed: {e}"
-            )),
+            Err(e) => ResultRecord::error(format!("worker {worker}: {e}")),
             Ok(exit) => self.result_of(&key, &exit),
         };
         record.worker = Some(worker.to_string());

@@ -142,23 +142,26 @@ impl FsWatcher {
                     let _ = tx.send(Event::Rescan("the inotify queue overflowed".into()));
                     return;
                 }
-                // Something may be new only when a file was created or
-                // renamed in, or a writer closed it. (The watch asks for no
-                // other kinds; this keeps it so if it ever gets more.)
-                let news = matches!(
-                    ev.kind,
-                    EventKind::Create(_)
-                        | EventKind::Access(AccessKind::Close(AccessMode::Write))
-                        | EventKind::Modify(ModifyKind::Name(
-                            RenameMode::To | RenameMode::Both | RenameMode::Any
-                        ))
-                        | EventKind::Any
-                        | EventKind::Other
-                );
-                if !news {
-                    return;
-                }
-                for p in &ev.paths {
+                // A file is complete when it was renamed in or its writer
+                // closed it; a file just created may still be being written
+                // (the folder is looked at, the file read once it settles).
+                // The watch asks for no other kinds; this keeps it so.
+                let complete = match ev.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(
+                        RenameMode::To | RenameMode::Both | RenameMode::Any,
+                    )) => true,
+                    EventKind::Create(_) | EventKind::Any | EventKind::Other => false,
+                    _ => return,
+                };
+                // A rename reports both names: the new one is the last.
+                let paths = match ev.kind {
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                        &ev.paths[ev.paths.len().saturating_sub(1)..]
+                    }
+                    _ => &ev.paths[..],
+                };
+                for p in paths {
                     if let Some(ff) = &fleet_file
                         && p == ff
                     {
@@ -168,7 +171,15 @@ impl FsWatcher {
                     if let Some(parent) = p.parent()
                         && let Some((_, f)) = map.iter().find(|(d, _)| d == parent)
                     {
-                        let _ = tx.send(Event::Folder(*f));
+                        let name = p.file_name().and_then(|n| n.to_str()).map(str::to_string);
+                        // A writer's temporary is nothing yet: its rename is.
+                        if name.as_deref().is_some_and(workbus_bus::is_temporary) {
+                            continue;
+                        }
+                        let _ = tx.send(match (complete, name) {
+                            (true, Some(name)) => Event::Arrived(*f, name),
+                            _ => Event::Folder(*f),
+                        });
                     }
                 }
             }
