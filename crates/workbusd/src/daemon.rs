@@ -701,12 +701,17 @@ impl Daemon {
 
     fn goal_finished(&mut self, report: workbus_proto::report::Report) {
         let goal = report.goal.clone();
-        let bytes = json_bytes(&report);
-        self.metrics.goal_finished(report.outcome);
-        let dir = self.bus.dir(Folder::Reports);
-        self.pending
-            .write(&dir, &format!("{goal}.json"), bytes, self.cfg.fsync);
-        // Sweep what the engine did not name: claims of attempts it never saw
+        // The goal's files leave the hot folders before its report appears:
+        // whoever sees the report sees tasks/, claimed/ and results/ clean.
+        let (mine, others): (Vec<AttemptKey>, Vec<AttemptKey>) =
+            std::mem::take(&mut self.archive_queue)
+                .into_iter()
+                .partition(|k| k.goal == goal);
+        self.archive_queue = others;
+        for key in mine {
+            self.archive_attempt(&key);
+        }
+        // Then what the engine did not name: claims of attempts it never saw
         // claimed, results that raced the end.
         let leftovers: Vec<AttemptKey> = self
             .claim_names
@@ -717,6 +722,11 @@ impl Daemon {
         for key in leftovers {
             self.archive_attempt(&key);
         }
+        let bytes = json_bytes(&report);
+        self.metrics.goal_finished(report.outcome);
+        let dir = self.bus.dir(Folder::Reports);
+        self.pending
+            .write(&dir, &format!("{goal}.json"), bytes, self.cfg.fsync);
         self.archive_dirs.remove(&goal);
         self.status_dirty = true;
         if self.engine.goals_in_flight() == 0 {
