@@ -282,18 +282,23 @@ mod tests {
         std::fs::write(results.join(".r.tmp"), "{}").unwrap();
         drain(&mut rx);
         std::fs::rename(results.join(".r.tmp"), results.join("g.t.1.json")).unwrap();
-        assert!(matches!(
-            next(&mut rx),
-            Some(Event::Folder(Folder::Results))
-        ));
+        match next(&mut rx) {
+            Some(Event::Arrived(Folder::Results, name)) => assert_eq!(name, "g.t.1.json"),
+            other => panic!("expected the rename to arrive, got {other:?}"),
+        }
         // Reading a file in a watched folder wakes nobody.
         drain(&mut rx);
         let _ = std::fs::read(results.join("g.t.1.json")).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert!(rx.try_recv().is_err(), "a read woke the daemon");
-        // A file written in place is seen when its writer closes it.
+        // A file written in place: its creation is a hint to look (it may
+        // be half-written), its writer closing it says it is complete.
         std::fs::write(bus.dir(Folder::Inbox).join("g.toml"), "x").unwrap();
         assert!(matches!(next(&mut rx), Some(Event::Folder(Folder::Inbox))));
+        match next(&mut rx) {
+            Some(Event::Arrived(Folder::Inbox, name)) => assert_eq!(name, "g.toml"),
+            other => panic!("expected the close after writing, got {other:?}"),
+        }
         // The fleet file, saved in place or by rename.
         drain(&mut rx);
         std::fs::write(&fleet, "# edited").unwrap();
