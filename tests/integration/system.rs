@@ -87,29 +87,6 @@ fn ensure_package(binary: &str, package: &str) {
     assert!(ok, "could not install {package} with apt-get");
 }
 
-/// Every record under `root` parses and no temporary is left.
-fn assert_whole_records(root: &Path) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else if name.ends_with(".json") {
-                let text = fs::read_to_string(&p).unwrap();
-                assert!(
-                    !name.starts_with('.'),
-                    "a temporary left behind: {}",
-                    p.display()
-                );
-                serde_json::from_str::<serde_json::Value>(&text)
-                    .unwrap_or_else(|e| panic!("half a record in {}: {e}", p.display()));
-            }
-        }
-    }
-}
-
 #[test]
 fn a_bus_behind_fuse_is_polled_and_works() {
     if lacks_root("a_bus_behind_fuse_is_polled_and_works") {

@@ -365,3 +365,32 @@ pub fn read_json(p: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap()
 }
+
+/// Every record under `root` parses and no writer's temporary is left
+/// behind; returns how many records were read.
+pub fn assert_whole_records(root: &Path) -> usize {
+    let mut stack = vec![root.to_path_buf()];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+                continue;
+            }
+            assert!(
+                !workbus_bus::is_temporary(&name),
+                "a temporary was left behind: {}",
+                p.display()
+            );
+            if name.ends_with(".json") {
+                let text = fs::read_to_string(&p).unwrap();
+                serde_json::from_str::<Value>(&text)
+                    .unwrap_or_else(|e| panic!("half a record in {}: {e}\n{text}", p.display()));
+                checked += 1;
+            }
+        }
+    }
+    checked
+}

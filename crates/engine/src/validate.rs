@@ -332,6 +332,16 @@ mod tests {
         check(text).unwrap_err().to_string()
     }
 
+    fn check_json(bytes: &[u8]) -> Result<Goal, GoalError> {
+        validate_goal(
+            bytes,
+            Format::Json,
+            "x.json",
+            &Limits::default(),
+            Timestamp(0),
+        )
+    }
+
     #[test]
     fn the_seed_goal_is_valid() {
         let g = check(
@@ -474,33 +484,14 @@ output_schema = { type = "object", required = ["markdown"] }
 
     #[test]
     fn json_goals() {
-        let g = validate_goal(
-            br#"{"id":"j","task":[{"id":"a","needs":["x"]},{"id":"b","after":["a"]}]}"#,
-            Format::Json,
-            "x.json",
-            &Limits::default(),
-            Timestamp(0),
-        )
-        .unwrap();
+        let g =
+            check_json(br#"{"id":"j","task":[{"id":"a","needs":["x"]},{"id":"b","after":["a"]}]}"#)
+                .unwrap();
         assert_eq!(g.tasks[1].after[0].as_str(), "a");
-        let e = validate_goal(
-            b"{\"task\": [\n {\"id\": \"a\", \"nedds\": []}]}",
-            Format::Json,
-            "x.json",
-            &Limits::default(),
-            Timestamp(0),
-        )
-        .unwrap_err();
+        let e = check_json(b"{\"task\": [\n {\"id\": \"a\", \"nedds\": []}]}").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("unknown field `nedds`"), "{e}");
-        let e = validate_goal(
-            b"\xff\xfe",
-            Format::Json,
-            "x.json",
-            &Limits::default(),
-            Timestamp(0),
-        )
-        .unwrap_err();
+        let e = check_json(b"\xff\xfe").unwrap_err();
         assert!(e.message.contains("UTF-8"), "{e}");
     }
 
