@@ -6,8 +6,8 @@ mod io;
 mod layout;
 
 pub use io::{
-    ReadError, WriteBatch, list, read_capped, read_json, remove_dir_all_quiet, sync_dir, sync_file,
-    write_atomic,
+    ReadError, WriteBatch, list, list_by_inode, read_capped, read_json, remove_dir_all_quiet,
+    sync_dir, sync_file, write_atomic,
 };
 pub use layout::{Bus, Folder};
 

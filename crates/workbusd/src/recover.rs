@@ -179,40 +179,51 @@ impl Daemon {
                 _ => stray.push(self.bus.path(Folder::Claimed, &name)),
             }
         }
+        let mut archived: Vec<(AttemptKey, std::path::PathBuf)> = Vec::new();
         for goal in &goals {
             let dir = self.bus.archive_dir(&goal.id);
-            let Ok(names) = workbus_bus::list(&dir) else {
+            let Ok(names) = workbus_bus::list_by_inode(&dir) else {
                 continue;
             };
             for name in names {
                 if let Some((key, ArchiveKind::Result)) =
                     AttemptKey::parse_archive_name(&goal.id, &name)
                 {
-                    files += 1;
-                    let result = read_result(&dir.join(&name), self.cfg.max_result_bytes);
-                    let f = found.entry(&key);
-                    f.result = Some(result);
-                    f.archived = true;
+                    archived.push((key, dir.join(&name)));
                 }
             }
         }
-        for name in self.list_folder(Folder::Results).unwrap_or_default() {
+        files += archived.len();
+        read_results(archived, self.cfg.max_result_bytes, |key, result| {
+            let f = found.entry(&key);
+            f.result = Some(result);
+            f.archived = true;
+        });
+        let mut waiting: Vec<(AttemptKey, std::path::PathBuf)> = Vec::new();
+        let results_dir = self.bus.dir(Folder::Results);
+        let listed = workbus_bus::list_by_inode(&results_dir).unwrap_or_else(|e| {
+            tracing::error!(path = %results_dir.display(), "cannot list the folder: {e}; retrying");
+            self.rescan_later(Folder::Results, std::time::Duration::from_secs(1));
+            Vec::new()
+        });
+        for name in listed {
             files += 1;
             match AttemptKey::parse_file_name(&name) {
                 Some(key) if in_flight.contains(&key.goal) => {
-                    let path = self.bus.path(Folder::Results, &name);
-                    let f = found.entry(&key);
-                    if f.archived {
+                    if found.entry(&key).archived {
                         // The attempt already has its result: this one is late.
                         continue;
                     }
-                    f.result = Some(read_result(&path, self.cfg.max_result_bytes));
+                    waiting.push((key, results_dir.join(&name)));
                 }
                 // Results of finished goals are left for the results scan,
                 // which files them as stale.
                 _ => {}
             }
         }
+        read_results(waiting, self.cfg.max_result_bytes, |key, result| {
+            found.entry(&key).result = Some(result);
+        });
         // Finished goals' leftovers go to their archives.
         for path in stray {
             let name = path
@@ -311,6 +322,73 @@ fn read_result(path: &std::path::Path, limit: u64) -> Result<ResultRecord, Strin
         .map_err(|e: ReadError| format!("{}: {e}", path.display()))
 }
 
+/// Threads reading archived results at a restart. With a cold page cache
+/// each read waits on the disk: reads in parallel keep its queue full.
+const READERS: usize = 16;
+
+/// Files a reader takes at a time.
+const BLOCK: usize = 64;
+
+/// Reads many result files, in parallel when there are many, handing each
+/// to `sink` as it comes (in no particular order; a bounded channel keeps
+/// few of them in memory at once). The readers take the files in the
+/// order given, so together they move through it as one would.
+fn read_results(
+    files: Vec<(AttemptKey, std::path::PathBuf)>,
+    limit: u64,
+    mut sink: impl FnMut(AttemptKey, Result<ResultRecord, String>),
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let wanted = READERS.min(files.len() / BLOCK);
+    let next = AtomicUsize::new(0);
+    let spawned = if wanted > 1 {
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2 * READERS);
+            let mut spawned = 0;
+            for _ in 0..wanted {
+                let tx = tx.clone();
+                let (files, next) = (&files, &next);
+                let reader = std::thread::Builder::new()
+                    .name("workbusd-recover".into())
+                    .spawn_scoped(s, move || {
+                        loop {
+                            let from = next.fetch_add(BLOCK, Ordering::Relaxed);
+                            let Some(block) = files.get(from..(from + BLOCK).min(files.len()))
+                            else {
+                                return;
+                            };
+                            if block.is_empty() {
+                                return;
+                            }
+                            let read: Vec<_> =
+                                block.iter().map(|(_, p)| read_result(p, limit)).collect();
+                            if tx.send((from, read)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                spawned += usize::from(reader.is_ok());
+            }
+            drop(tx);
+            for (from, read) in rx {
+                for (i, r) in (from..).zip(read) {
+                    sink(files[i].0.clone(), r);
+                }
+            }
+            spawned
+        })
+    } else {
+        0
+    };
+    if spawned == 0 {
+        // Few files, or no thread to spare: one after the other, here.
+        for (key, path) in files {
+            let r = read_result(&path, limit);
+            sink(key, r);
+        }
+    }
+}
+
 /// The pid in a temporary name written by `workbus_bus::write_atomic`:
 /// `.<name>.<pid>.<n>.tmp`.
 fn temporary_owner(name: &str) -> Option<u32> {
@@ -322,6 +400,58 @@ fn temporary_owner(name: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use workbus_proto::Id;
+    use workbus_proto::names::AttemptKey;
+    use workbus_proto::result::ResultRecord;
+
+    /// Many results are read by several threads: each one reaches the sink
+    /// once, with its own key, and a bad file is an error for its key only.
+    #[test]
+    fn results_read_in_parallel_arrive_once_each() {
+        let d = tempfile::tempdir().unwrap();
+        let goal = Id::new("g").unwrap();
+        let mut files = Vec::new();
+        for i in 0..1000u32 {
+            let task = Id::new(&format!("t{i}")).unwrap();
+            let path = d.path().join(format!("t{i}.json"));
+            let body = if i % 97 == 0 {
+                b"{ not json".to_vec()
+            } else {
+                crate::daemon::json_bytes(&ResultRecord::ok(serde_json::json!(i)))
+            };
+            std::fs::write(&path, body).unwrap();
+            files.push((AttemptKey::new(goal.clone(), task, 1), path));
+        }
+        let mut seen = std::collections::HashMap::new();
+        super::read_results(files, 1 << 20, |key, r| {
+            assert!(seen.insert(key.task.to_string(), r).is_none(), "twice");
+        });
+        assert_eq!(seen.len(), 1000);
+        for i in 0..1000u32 {
+            match &seen[&format!("t{i}")] {
+                Ok(r) => {
+                    assert_ne!(i % 97, 0);
+                    assert_eq!(r.output, Some(serde_json::json!(i)));
+                }
+                Err(e) => {
+                    assert_eq!(i % 97, 0);
+                    assert!(e.contains(&format!("t{i}.json")), "{e}");
+                }
+            }
+        }
+        // A few files are read where they are asked for, without threads.
+        let one = vec![(
+            AttemptKey::new(goal.clone(), Id::new("t1").unwrap(), 1),
+            d.path().join("t1.json"),
+        )];
+        let mut n = 0;
+        super::read_results(one, 1 << 20, |_, r| {
+            assert!(r.is_ok());
+            n += 1;
+        });
+        assert_eq!(n, 1);
+    }
+
     #[test]
     fn temporary_owners() {
         assert_eq!(super::temporary_owner(".g.t.1.json.4242.7.tmp"), Some(4242));
