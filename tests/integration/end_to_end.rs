@@ -138,6 +138,55 @@ after = ["b", "c"]
     assert!(d_deps["b"].is_object() && d_deps["c"].is_object());
 }
 
+/// A task that waited in tasks/ for a free spawn slot leaves tasks/ when
+/// its process starts: a bus worker offering the same capability must not
+/// find it there and run it a second time.
+#[test]
+fn a_queued_task_leaves_tasks_when_its_spawn_starts() {
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 1));
+    let _d = bus.start();
+    let tasks: String = (1..=4)
+        .map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"x\"]\ninput = {{ sleep = 0.4 }}\n"))
+        .collect();
+    bus.submit("queued.toml", &tasks);
+    let names = |dir: &str| -> Vec<String> {
+        fs::read_dir(bus.path(dir))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut running_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bus.report("queued").is_none() {
+        assert!(std::time::Instant::now() < deadline, "no report");
+        let published = names("tasks");
+        for claim in names("claimed") {
+            // queued.t2.1.w.json claims queued.t2.1.json
+            let Some(stem) = claim.strip_suffix(".w.json") else {
+                continue;
+            };
+            let task_file = format!("{stem}.json");
+            assert!(
+                !published.contains(&task_file),
+                "{task_file} is in tasks/ while {claim} runs"
+            );
+            running_seen.insert(stem.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The check saw tasks that had waited in tasks/ (all but the first).
+    assert!(running_seen.len() >= 3, "saw only {running_seen:?} running");
+    let r = bus.wait_report("queued", Duration::from_secs(5));
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    for (id, t) in &r.tasks {
+        assert_eq!(t.attempts, 1, "{id} ran {} times", t.attempts);
+    }
+    assert!(names("tasks").is_empty() && names("claimed").is_empty());
+}
+
 #[test]
 fn a_task_nobody_can_do_is_skipped_and_the_goal_degrades() {
     let bus = TestBus::new(&spawn_worker("w", &["x"], 2));

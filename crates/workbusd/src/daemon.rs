@@ -74,6 +74,9 @@ pub struct Daemon {
     syncing: Vec<std::thread::JoinHandle<(workbus_bus::WriteBatch, std::io::Result<()>)>>,
     /// Attempts to move into the archive at the end of this loop turn.
     archive_queue: Vec<AttemptKey>,
+    /// Those of them whose result came from a spawn's exit (this turn): the
+    /// daemon wrote it into the archive and cleared `results/` itself.
+    pub(crate) spawn_results: HashSet<AttemptKey>,
     /// `archive/<goal>/` folders known to exist.
     archive_dirs: HashSet<Id>,
     pub(crate) status_dirty: bool,
@@ -139,6 +142,7 @@ impl Daemon {
             spawns: HashMap::new(),
             pending: Pending::default(),
             archive_queue: Vec::new(),
+            spawn_results: HashSet::new(),
             unsynced: workbus_bus::WriteBatch::new(true),
             syncing: Vec::new(),
             archive_dirs: HashSet::new(),
@@ -499,15 +503,25 @@ impl Daemon {
             self.make_durable();
         }
         // A task dispatched in the same breath as it is released is written
-        // straight into claimed/ rather than published and then claimed.
+        // straight into claimed/ rather than published and then claimed. One
+        // published earlier (it waited for a free slot) is claimed by moving
+        // its file from tasks/: it must not stay there for a bus worker to
+        // claim too.
+        let key_of = |r: &TaskRecord| (r.goal.clone(), r.task.clone(), r.attempt);
+        let published: HashSet<(Id, Id, u32)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(record) => Some(key_of(record)),
+                _ => None,
+            })
+            .collect();
         let direct: HashSet<(Id, Id, u32)> = effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Dispatch { record, .. } => {
-                    Some((record.goal.clone(), record.task.clone(), record.attempt))
-                }
+                Effect::Dispatch { record, .. } => Some(key_of(record)),
                 _ => None,
             })
+            .filter(|k| published.contains(k))
             .collect();
         let mut dispatches = Vec::new();
         for e in effects {
@@ -647,6 +661,7 @@ impl Daemon {
         for key in std::mem::take(&mut self.archive_queue) {
             self.archive_attempt(&key);
         }
+        self.spawn_results.clear();
     }
 
     /// Moves an attempt's files out of the hot folders.
@@ -663,7 +678,9 @@ impl Daemon {
                 let _ = rename_if_there(&self.bus.task_path(key), &task_dst);
             }
         }
-        self.archive_result(key, false);
+        if !self.spawn_results.remove(key) {
+            self.archive_result(key, false);
+        }
     }
 
     /// Moves `results/<key>` into the archive; as stale when asked or when

@@ -242,15 +242,18 @@ impl Daemon {
         }
         let raw_path = self.bus.result_path(&key);
         let live = self.engine.is_live(&key);
-        let mut record = match exit {
-            Err(e) => ResultRecord::error(format!("worker {worker}: {e}")),
+        // Whether the program may have left a result file to clear away.
+        let (mut record, file_left) = match exit {
+            Err(e) => (ResultRecord::error(format!("worker {worker}: {e}")), true),
             Ok(exit) => self.result_of(&key, &exit),
         };
         record.worker = Some(worker.to_string());
         record.started_at = record.started_at.or(Some(handle.started_at));
         record.finished_at = record.finished_at.or(Some(Timestamp::now()));
         if !live {
-            let _ = std::fs::remove_file(&raw_path);
+            if file_left {
+                let _ = std::fs::remove_file(&raw_path);
+            }
             tracing::info!(
                 GOAL = key.goal.as_str(),
                 TASK = key.task.as_str(),
@@ -270,31 +273,46 @@ impl Daemon {
         }
         // The program's own result file is folded into the record the
         // daemon writes; it must not be filed again as a second result.
-        let _ = std::fs::remove_file(&raw_path);
+        if file_left {
+            let _ = std::fs::remove_file(&raw_path);
+        }
         self.absorb_spawn_result(&key, record);
     }
 
     /// The result of a finished spawn: the result file if the program wrote
-    /// one, else its stdout (exit 0) or the tail of its stderr (otherwise).
-    fn result_of(&self, key: &AttemptKey, exit: &Exit) -> ResultRecord {
+    /// one, else its stdout (exit 0) or the tail of its stderr (otherwise);
+    /// and whether a result file may be there.
+    fn result_of(&self, key: &AttemptKey, exit: &Exit) -> (ResultRecord, bool) {
         if let Some(reason) = &exit.stopped {
-            return ResultRecord::error(format!("{} ({})", reason.0, exit.status));
+            return (
+                ResultRecord::error(format!("{} ({})", reason.0, exit.status)),
+                true,
+            );
         }
         match read_capped(&self.bus.result_path(key), self.cfg.max_result_bytes) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
-                return match workbus_proto::parse::from_json::<ResultRecord>(&text) {
+                let r = match workbus_proto::parse::from_json::<ResultRecord>(&text) {
                     Ok(r) => r,
                     Err(e) => ResultRecord::error(format!(
                         "the result file $WORKBUS_RESULT_FILE is not a result record: {e}"
                     )),
                 };
+                return (r, true);
             }
             Err(ReadError::Vanished) => {}
             Err(e) => {
-                return ResultRecord::error(format!("the result file $WORKBUS_RESULT_FILE {e}"));
+                return (
+                    ResultRecord::error(format!("the result file $WORKBUS_RESULT_FILE {e}")),
+                    true,
+                );
             }
         }
+        (self.output_of(exit), false)
+    }
+
+    /// A finished spawn's result from its exit and output alone.
+    fn output_of(&self, exit: &Exit) -> ResultRecord {
         if !exit.success() {
             let tail = exit.stderr_tail.trim_end();
             return ResultRecord::error(if tail.is_empty() {
@@ -324,6 +342,9 @@ impl Daemon {
             record.output = Some(Value::Null);
         }
         let bytes = json_bytes(&record);
+        // Nothing of this attempt is left in results/ to archive (a late
+        // file there is filed as stale by the results scan).
+        self.spawn_results.insert(key.clone());
         let effects = self.engine.handle(
             Timestamp::now(),
             Input::Result {
