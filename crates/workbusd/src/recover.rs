@@ -412,7 +412,7 @@ mod tests {
         let goal = Id::new("g").unwrap();
         let mut files = Vec::new();
         for i in 0..1000u32 {
-            let task = Id::new(&format!("t{i}")).unwrap();
+            let task = Id::new(format!("t{i}")).unwrap();
             let path = d.path().join(format!("t{i}.json"));
             let body = if i % 97 == 0 {
                 b"{ not json".to_vec()
