@@ -187,6 +187,53 @@ fn a_queued_task_leaves_tasks_when_its_spawn_starts() {
     assert!(names("tasks").is_empty() && names("claimed").is_empty());
 }
 
+/// A spawned program's result file that appears after the program ended
+/// (written by a process that left its group) is filed as stale while the
+/// goal runs on, not left in results/.
+#[test]
+fn a_late_result_file_of_a_spawn_is_filed_as_stale() {
+    let dir = tempfile::Builder::new()
+        .prefix("wbtest-")
+        .tempdir()
+        .unwrap();
+    let script = dir.path().join("late.sh");
+    fs::write(
+        &script,
+        "if [ \"$WORKBUS_TASK\" = late ]; then\n\
+         \tsetsid sh -c 'sleep 0.3; printf %s \"{\\\"status\\\":\\\"ok\\\",\\\"output\\\":1}\" > \"$0\"' \"$WORKBUS_RESULT_FILE\" </dev/null >/dev/null 2>&1 &\n\
+         \tsleep 0.1\n\
+         else\n\tsleep 4\nfi\n",
+    )
+    .unwrap();
+    let fleet = format!(
+        "[[worker]]\nname = \"w\"\ncapabilities = [\"x\"]\ncommand = [\"sh\", {:?}]\nconcurrency = 2\n",
+        script.display().to_string()
+    );
+    let bus = TestBus::in_dir(dir, &fleet, "");
+    let _d = bus.start();
+    bus.submit(
+        "latefile.toml",
+        "[[task]]\nid = \"late\"\nneeds = [\"x\"]\n[[task]]\nid = \"slow\"\nneeds = [\"x\"]\n",
+    );
+    let stale = bus.path("archive/latefile/late.1.stale.json");
+    wait_for(
+        Duration::from_secs(3),
+        "the late file filed as stale",
+        || stale.exists().then_some(()),
+    );
+    assert!(
+        bus.report("latefile").is_none(),
+        "the goal ended before the check (the test needs it running)"
+    );
+    assert!(!bus.path("results/latefile.late.1.json").exists());
+    let r = bus.wait_report("latefile", Duration::from_secs(15));
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    // The result is the program's (its empty stdout), the late file is kept
+    // beside it as stale.
+    assert_eq!(r.tasks["late"].output, Some(serde_json::json!("")));
+    assert_eq!(read_json(&stale)["output"], serde_json::json!(1));
+}
+
 #[test]
 fn a_task_nobody_can_do_is_skipped_and_the_goal_degrades() {
     let bus = TestBus::new(&spawn_worker("w", &["x"], 2));

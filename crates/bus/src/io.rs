@@ -306,23 +306,20 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, limit: u64) -> Result<T, Read
 /// The names in a folder, skipping files in the making (see
 /// [`crate::is_temporary`]) and names that are not UTF-8.
 pub fn list(dir: &Path) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name: &OsStr = &entry.file_name();
-        if let Ok(s) = std::str::from_utf8(name.as_bytes())
-            && !crate::is_temporary(s)
-        {
-            out.push(s.to_string());
-        }
-    }
-    Ok(out)
+    Ok(entries(dir)?.into_iter().map(|(_, n)| n).collect())
 }
 
 /// As [`list`], sorted by inode number: files read in this order are read
 /// roughly in the order they lie on disk (a hashed folder lists them in hash
 /// order), which matters when the page cache is cold.
 pub fn list_by_inode(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = entries(dir)?;
+    out.sort_unstable();
+    Ok(out.into_iter().map(|(_, n)| n).collect())
+}
+
+/// The inode numbers and names of [`list`].
+fn entries(dir: &Path) -> io::Result<Vec<(u64, String)>> {
     use std::os::unix::fs::DirEntryExt;
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -334,8 +331,7 @@ pub fn list_by_inode(dir: &Path) -> io::Result<Vec<String>> {
             out.push((entry.ino(), s.to_string()));
         }
     }
-    out.sort_unstable();
-    Ok(out.into_iter().map(|(_, n)| n).collect())
+    Ok(out)
 }
 
 /// Removes a folder tree, ignoring a missing one.

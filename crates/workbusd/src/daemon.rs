@@ -678,7 +678,11 @@ impl Daemon {
                 let _ = rename_if_there(&self.bus.task_path(key), &task_dst);
             }
         }
-        if !self.spawn_results.remove(key) {
+        if self.spawn_results.remove(key) {
+            // Its result never was in results/: nothing to move, and a file
+            // that appears there later is read (and filed as stale).
+            self.results_held.remove(&key.file_name());
+        } else {
             self.archive_result(key, false);
         }
     }
