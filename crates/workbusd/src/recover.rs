@@ -322,7 +322,7 @@ fn read_result(path: &std::path::Path, limit: u64) -> Result<ResultRecord, Strin
         .map_err(|e: ReadError| format!("{}: {e}", path.display()))
 }
 
-/// Threads reading archived results at a restart. With a cold page cache
+/// Threads reading results at a restart. With a cold page cache
 /// each read waits on the disk: reads in parallel keep its queue full.
 const READERS: usize = 16;
 
