@@ -197,12 +197,19 @@ fn a_late_result_file_of_a_spawn_is_filed_as_stale() {
         .tempdir()
         .unwrap();
     let script = dir.path().join("late.sh");
+    // The task "late" leaves a process in a session of its own (out of
+    // reach of the group kill) that writes the result file 0.3 s after the
+    // program ended; the program waits until that process has left.
     fs::write(
         &script,
-        "if [ \"$WORKBUS_TASK\" = late ]; then\n\
-         \tsetsid sh -c 'sleep 0.3; printf %s \"{\\\"status\\\":\\\"ok\\\",\\\"output\\\":1}\" > \"$0\"' \"$WORKBUS_RESULT_FILE\" </dev/null >/dev/null 2>&1 &\n\
-         \tsleep 0.1\n\
-         else\n\tsleep 4\nfi\n",
+        r#"if [ "$WORKBUS_TASK" = late ]; then
+    setsid sh -c 'touch "$1"; sleep 0.3; printf %s "{\"status\":\"ok\",\"output\":1}" > "$0"' \
+        "$WORKBUS_RESULT_FILE" "$0.left" </dev/null >/dev/null 2>&1 &
+    while [ ! -e "$0.left" ]; do sleep 0.01; done
+else
+    sleep 4
+fi
+"#,
     )
     .unwrap();
     let fleet = format!(
