@@ -187,7 +187,10 @@ impl Worker {
                 f.sync_data()?;
             }
         }
-        for (tmp, dst, _) in &tmps {
+        // Closed before the renames: a file closed after its rename would
+        // tell the daemon's watch a second time that it is complete.
+        for (tmp, dst, f) in tmps {
+            drop(f);
             fs::rename(tmp, dst)?;
         }
         if self.fsync {
