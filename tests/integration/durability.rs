@@ -368,3 +368,170 @@ fn task_processes_left_by_a_killed_daemon_are_stopped_at_the_next_start() {
     let r = bus.wait_report("orphan", Duration::from_secs(30));
     assert_eq!((r.outcome, r.tasks["t"].attempts), (Outcome::Succeeded, 2));
 }
+
+/// Plays a bus worker: claims `goal.task.1` from `tasks/` and answers it.
+fn answer(bus: &TestBus, goal: &str, task: &str, output: &str) {
+    let name = format!("{goal}.{task}.1");
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{name} to be published"),
+        || {
+            bus.path(&format!("tasks/{name}.json"))
+                .exists()
+                .then_some(())
+        },
+    );
+    fs::rename(
+        bus.path(&format!("tasks/{name}.json")),
+        bus.path(&format!("claimed/{name}.far.json")),
+    )
+    .unwrap();
+    let result = format!(
+        r#"{{"schema_version":1,"goal":"{goal}","task":"{task}","attempt":1,"worker":"far","status":"ok","output":"{output}"}}"#
+    );
+    let tmp = bus.path(&format!("results/.{name}.json.tmp"));
+    fs::write(&tmp, result).unwrap();
+    fs::rename(&tmp, bus.path(&format!("results/{name}.json"))).unwrap();
+}
+
+const CHAIN: &str = "[[task]]\nid = \"a\"\nneeds = [\"ext\"]\n[[task]]\nid = \"b\"\nneeds = [\"ext\"]\nafter = [\"a\"]\n";
+
+/// An accepted goal is made durable on the fsync thread while the loop
+/// goes on (here the test switch holds each fsync job up for 5 s): its
+/// tasks are released meanwhile, but nothing that must not outlive the
+/// goal comes first. Its dropped file stays in the inbox, its answered
+/// attempts stay out of the archive, and its report waits.
+#[test]
+fn a_goal_runs_while_it_is_made_durable_and_nothing_outlives_it() {
+    // No worker offers "ext": the test plays one, so tasks wait for it.
+    let bus = TestBus::with_config("", "capability_grace = \"60s\"");
+    let d = Daemon::start(&bus, &[("WORKBUS_TEST_SYNC_DELAY_MS", "5000")]);
+    let t0 = Instant::now();
+    bus.submit("slow.toml", CHAIN);
+    answer(&bus, "slow", "a", "a done");
+    // b is released from a's result: the loop did not wait for the disk.
+    wait_for(Duration::from_secs(10), "b to be published", || {
+        bus.path("tasks/slow.b.1.json").exists().then_some(())
+    });
+    let released = t0.elapsed();
+    assert!(
+        released < Duration::from_millis(2500),
+        "b was released {released:?} after the goal was dropped: the loop waited for the fsync"
+    );
+    assert!(bus.path("goals/slow.json").exists());
+    assert!(
+        bus.path("inbox/slow.toml").exists(),
+        "the dropped file left the inbox before the goal was durable"
+    );
+    assert!(
+        bus.path("results/slow.a.1.json").exists()
+            && !bus.path("archive/slow/a.1.result.json").exists(),
+        "a's result moved into the archive before the goal was durable"
+    );
+    // Another goal, once slow.toml is old enough to be read without an
+    // event (2 s): the inbox scan it causes must pass over slow.toml,
+    // accepted already, rather than start it a second time.
+    std::thread::sleep(Duration::from_millis(2600).saturating_sub(t0.elapsed()));
+    bus.submit("other.toml", "[[task]]\nid = \"a\"\nneeds = [\"ext\"]\n");
+    answer(&bus, "other", "a", "other done");
+    assert!(
+        bus.path("inbox/slow.toml").exists(),
+        "slow.toml left the inbox before the goal was durable"
+    );
+    assert!(
+        !bus.path("goals/slow-2.json").exists(),
+        "slow.toml was accepted a second time"
+    );
+    answer(&bus, "slow", "b", "b done");
+    let report = bus.wait_report("slow", Duration::from_secs(20));
+    // Seen as soon as it appeared, the report found the goal durable.
+    assert!(
+        !bus.path("inbox/slow.toml").exists(),
+        "the report was written while the goal's dropped file was still in the inbox"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(5000));
+    assert_eq!(report.outcome, Outcome::Succeeded);
+    assert_eq!(report.tasks["b"].output, Some(serde_json::json!("b done")));
+    assert!(bus.path("archive/slow/source.toml").exists());
+    assert!(bus.path("archive/slow/a.1.result.json").exists());
+    assert!(!bus.path("results/slow.a.1.json").exists());
+    bus.wait_report("other", Duration::from_secs(20));
+    let mut goals: Vec<String> = fs::read_dir(bus.path("goals"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    goals.sort();
+    assert_eq!(
+        goals,
+        ["other.json", "slow.json"],
+        "a goal was accepted twice"
+    );
+    drop(d);
+}
+
+/// kill -9 while an accepted goal is not yet durable. If its file in
+/// `goals/` survived (the machine kept running) the goal goes on from its
+/// results; if it did not (a power cut: here the file is removed), the
+/// dropped file still in the inbox starts it afresh, and the answers
+/// already in `results/` count. Either way it is accepted once and ends
+/// once, with a report.
+#[test]
+fn a_goal_killed_before_it_was_durable_runs_to_one_report() {
+    for lost in [false, true] {
+        let bus = TestBus::with_config("", "capability_grace = \"60s\"");
+        let d = Daemon::start(&bus, &[("WORKBUS_TEST_SYNC_DELAY_MS", "5000")]);
+        bus.submit("crash.toml", CHAIN);
+        answer(&bus, "crash", "a", "first a");
+        wait_for(Duration::from_secs(10), "b to be published", || {
+            bus.path("tasks/crash.b.1.json").exists().then_some(())
+        });
+        assert!(bus.path("inbox/crash.toml").exists());
+        d.kill9();
+        if lost {
+            fs::remove_file(bus.path("goals/crash.json")).unwrap();
+        }
+        // Old enough to be read without an event at the next start.
+        std::thread::sleep(Duration::from_millis(2100));
+        let _d = bus.start();
+        // Either way a's answer, waiting in results/, is taken.
+        answer(&bus, "crash", "b", "b done");
+        let report = bus.wait_report("crash", Duration::from_secs(20));
+        assert_eq!(report.outcome, Outcome::Succeeded, "lost = {lost}");
+        assert_eq!(report.tasks["a"].attempts, 1, "lost = {lost}");
+        let a = read_json(&bus.path("archive/crash/a.1.result.json"));
+        assert_eq!(a["output"], "first a", "lost = {lost}");
+        wait_for(Duration::from_secs(10), "the inbox to be empty", || {
+            (!bus.path("inbox/crash.toml").exists()).then_some(())
+        });
+        assert!(bus.path("archive/crash/source.toml").exists());
+        let reports = fs::read_dir(bus.path("reports")).unwrap().count();
+        assert_eq!(reports, 1, "lost = {lost}: one goal, one report");
+        let goals = fs::read_dir(bus.path("goals")).unwrap().count();
+        assert_eq!(goals, 1, "lost = {lost}: the goal was accepted twice");
+    }
+}
+
+/// A spawned task's result, written by the daemon itself, is not written
+/// before its goal is durable either (held up 3 s by the test switch,
+/// while the process ends at once).
+#[test]
+fn a_spawn_result_waits_until_its_goal_is_durable() {
+    let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
+    let _d = Daemon::start(&bus, &[("WORKBUS_TEST_SYNC_DELAY_MS", "3000")]);
+    bus.submit("sp.toml", "[[task]]\nid = \"a\"\nneeds = [\"x\"]\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen_running = false;
+    while bus.report("sp").is_none() {
+        assert!(Instant::now() < deadline, "no report for sp");
+        seen_running |= bus.path("claimed").read_dir().unwrap().next().is_some();
+        if bus.path("archive/sp/a.1.result.json").exists() {
+            assert!(
+                !bus.path("inbox/sp.toml").exists(),
+                "the spawn's result was written before its goal was durable"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen_running, "the task ran while its goal was made durable");
+    assert_eq!(bus.report("sp").unwrap().outcome, Outcome::Succeeded);
+}

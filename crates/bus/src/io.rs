@@ -23,19 +23,31 @@ fn tmp_name(dir: &Path, name: &str) -> PathBuf {
 /// the folder). With `durable`, the file survives a power cut once this
 /// returns. On error nothing is left behind under either name.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
+    publish(dir, name, bytes, durable)?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// [`write_atomic`] up to the rename: the data is on disk before the name
+/// appears, and the caller fsyncs `dir` afterwards (so that the name
+/// survives a power cut) when it suits it, e.g. on another thread.
+pub fn write_atomic_data(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    publish(dir, name, bytes, true)
+}
+
+/// Temporary name, write, (fdatasync), rename.
+fn publish(dir: &Path, name: &str, bytes: &[u8], sync_data: bool) -> io::Result<()> {
     let tmp = tmp_name(dir, name);
     let result = (|| {
         let mut f = create_new(&tmp)?;
         f.write_all(bytes)?;
-        if durable {
+        if sync_data {
             f.sync_data()?;
         }
         drop(f);
-        fs::rename(&tmp, dir.join(name))?;
-        if durable {
-            sync_dir(dir)?;
-        }
-        Ok(())
+        fs::rename(&tmp, dir.join(name))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -357,6 +369,14 @@ mod tests {
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
         let e = write_atomic(&d.path().join("missing"), "a", b"", true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        write_atomic_data(d.path(), "b.json", b"[1]").unwrap();
+        assert_eq!(fs::read(d.path().join("b.json")).unwrap(), b"[1]");
+        assert_eq!(list(d.path()).unwrap(), vec!["a.json", "b.json"]);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+        // A name that is a folder: the rename fails, the temporary goes.
+        fs::create_dir(d.path().join("c.json")).unwrap();
+        write_atomic_data(d.path(), "c.json", b"{}").unwrap_err();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub fn options(args: Args) -> anyhow::Result<Options> {
         wedge_on_goal: std::env::var("WORKBUS_TEST_WEDGE_ON_GOAL")
             .ok()
             .filter(|s| !s.is_empty()),
+        sync_delay: std::env::var("WORKBUS_TEST_SYNC_DELAY_MS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis),
     })
 }
 

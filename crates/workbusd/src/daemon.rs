@@ -17,10 +17,12 @@ use workbus_proto::{Id, Timestamp};
 use crate::Options;
 use crate::event::{Event, Signal};
 use crate::fleet::{FleetState, load_fleet_file};
+use crate::ingest::GoalSync;
 use crate::lock::InstanceLock;
 use crate::pending::Pending;
 use crate::spawn::{Claim, SpawnHandle};
 use crate::status::Metrics;
+use crate::syncer::Syncer;
 use crate::systemd::Notifier;
 use crate::watch::{self, FsWatcher, Poller, WatchChoice};
 
@@ -72,6 +74,13 @@ pub struct Daemon {
     pub(crate) unsynced: workbus_bus::WriteBatch,
     /// Batches being made durable by a helper thread.
     syncing: Vec<std::thread::JoinHandle<(workbus_bus::WriteBatch, std::io::Result<()>)>>,
+    /// Accepted goals and report folders being made durable off the loop.
+    pub(crate) syncer: Syncer,
+    /// Accepted goals not yet durable: the syncer's job, and the dropped
+    /// file that leaves the inbox once it is done.
+    pub(crate) goals_syncing: HashMap<Id, GoalSync>,
+    /// Their dropped files' names: the inbox scan passes them over.
+    pub(crate) inbox_accepted: HashSet<String>,
     /// Attempts to move into the archive at the end of this loop turn.
     archive_queue: Vec<AttemptKey>,
     /// Those of them whose result came from a spawn's exit (this turn): the
@@ -117,6 +126,7 @@ impl Daemon {
         let (tx, rx) = unbounded_channel();
         let engine = Engine::new(workbus_engine::Config::from_daemon(&cfg));
         let watch_choice = watch::choose(cfg.watch, &cfg.root);
+        let syncer = Syncer::start(tx.clone(), opts.sync_delay);
         let mut daemon = Daemon {
             fleet: FleetState::new(fleet, &cfg),
             cfg: cfg.clone(),
@@ -141,6 +151,9 @@ impl Daemon {
             results_held: HashSet::new(),
             spawns: HashMap::new(),
             pending: Pending::default(),
+            syncer,
+            goals_syncing: HashMap::new(),
+            inbox_accepted: HashSet::new(),
             archive_queue: Vec::new(),
             spawn_results: HashSet::new(),
             unsynced: workbus_bus::WriteBatch::new(true),
@@ -334,6 +347,7 @@ impl Daemon {
             } => self.on_resident_exit(worker, generation, exit),
             Event::Signal(Signal::Stop) => self.begin_stop("SIGTERM"),
             Event::Signal(Signal::Reload) => self.reload("SIGHUP"),
+            Event::Synced => self.collect_syncs(),
         }
     }
 
@@ -535,6 +549,7 @@ impl Daemon {
                 Effect::Dispatch { worker, record } => dispatches.push((worker, record)),
                 Effect::Kill { key, reason } => self.kill_spawn(&key, &reason),
                 Effect::WriteResult { key, record } => {
+                    self.wait_goal_durable(&key.goal);
                     self.ensure_archive_dir(&key.goal);
                     let bytes = json_bytes(&record);
                     let dir = self.bus.archive_dir(&key.goal);
@@ -657,9 +672,14 @@ impl Daemon {
     }
 
     /// Carries out the archive moves queued during this loop turn.
+    /// Those of goals not yet durable wait (see `wait_goal_durable`).
     pub(crate) fn flush_archive(&mut self) {
         for key in std::mem::take(&mut self.archive_queue) {
-            self.archive_attempt(&key);
+            if self.goals_syncing.contains_key(&key.goal) {
+                self.archive_queue.push(key);
+            } else {
+                self.archive_attempt(&key);
+            }
         }
         self.spawn_results.clear();
     }
@@ -722,6 +742,7 @@ impl Daemon {
 
     fn goal_finished(&mut self, report: workbus_proto::report::Report) {
         let goal = report.goal.clone();
+        self.wait_goal_durable(&goal);
         // The goal's files leave the hot folders before its report appears:
         // whoever sees the report sees tasks/, claimed/ and results/ clean.
         let (mine, others): (Vec<AttemptKey>, Vec<AttemptKey>) =
@@ -746,8 +767,21 @@ impl Daemon {
         let bytes = json_bytes(&report);
         self.metrics.goal_finished(report.outcome);
         let dir = self.bus.dir(Folder::Reports);
-        self.pending
-            .write(&dir, &format!("{goal}.json"), bytes, self.cfg.fsync);
+        let name = format!("{goal}.json");
+        if !self.cfg.fsync {
+            self.pending.write(&dir, &name, bytes, false);
+        } else if self.pending.write_data(&dir, &name, bytes) {
+            // The report's data is on disk before it appears; the fsync of
+            // reports/ that makes its name durable runs on the fsync thread,
+            // so the loop is free for the next goal at once. (A power cut in
+            // between loses at most the name: the goal, with no report,
+            // ends again from its archived results at the next start.)
+            self.syncer.submit(crate::syncer::Job {
+                files: Vec::new(),
+                dirs: vec![dir],
+                wake: false,
+            });
+        }
         self.archive_dirs.remove(&goal);
         self.status_dirty = true;
         if self.engine.goals_in_flight() == 0 {
@@ -817,6 +851,8 @@ impl Daemon {
 
     fn finish_stop(&mut self) {
         self.make_durable();
+        self.syncer.wait_all();
+        self.collect_syncs();
         if self.pending.next_try().is_some() {
             let _ = self.pending.retry();
         }

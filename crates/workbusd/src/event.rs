@@ -33,6 +33,8 @@ pub enum Event {
         exit: io::Result<Exit>,
     },
     Signal(Signal),
+    /// The fsync thread finished a job (see `syncer`).
+    Synced,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

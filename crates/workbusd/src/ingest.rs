@@ -2,6 +2,7 @@
 //! dropped here is ever silently lost: it becomes `goals/<id>.json` (its
 //! text kept in the archive) or lands in `rejected/` with an error file.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,6 +13,17 @@ use workbus_proto::parse::Format;
 use workbus_proto::{Id, SCHEMA_VERSION, Timestamp};
 
 use crate::daemon::{Daemon, json_bytes};
+use crate::syncer::Job;
+
+/// An accepted goal on its way to being durable.
+#[derive(Debug)]
+pub(crate) struct GoalSync {
+    /// The fsync thread's job.
+    pub job: u64,
+    /// The dropped file, which leaves the inbox once the job is done.
+    pub name: String,
+    pub format: Format,
+}
 
 /// `rejected/NAME.error.json`: why a file was refused.
 #[derive(Debug, Serialize)]
@@ -37,6 +49,9 @@ impl Daemon {
             return false;
         };
         names.sort();
+        // A goal already accepted, waiting to be durable before its file
+        // leaves: not a new goal.
+        names.retain(|n| !self.inbox_accepted.contains(n));
         let any = !names.is_empty();
         for name in names {
             self.notifier.pet();
@@ -104,10 +119,9 @@ impl Daemon {
             format,
             text,
         });
-        // Accepting is: goals/<id>.json written, the first tasks published,
-        // then goals/<id>.json made durable (while the workers already
-        // work: the fsync is off their path), then the dropped file leaves
-        // the inbox. A crash before the last step leaves the file in the
+        // Accepting is: goals/<id>.json written, then made durable by the
+        // fsync thread while the loop publishes the first tasks and the
+        // workers start on them, then the dropped file leaves the inbox. A crash before the last step leaves the file in the
         // inbox; recovery finds it is this accepted goal and finishes the move.
         let goals = self.bus.dir(Folder::Goals);
         let file = format!("{}.json", goal.id);
@@ -122,20 +136,91 @@ impl Daemon {
         let id = goal.id.clone();
         self.ensure_archive_dir(&id);
         tracing::info!(GOAL = id.as_str(), "{id}: accepted from inbox/{name}");
+        // Named as not yet durable before the engine sees it: a goal that
+        // ends at once must not have its report written first.
+        self.make_goal_durable(&id, name, format);
         self.feed(Input::Goal(goal));
-        if self.cfg.fsync {
-            let durable = workbus_bus::sync_file(&goals.join(&file))
-                .and_then(|()| workbus_bus::sync_dir(&goals))
-                .and_then(|()| workbus_bus::sync_dir(&self.bus.dir(Folder::Archive)));
-            if let Err(e) = durable {
-                // Running, but not yet safe from a power cut: the dropped
-                // file stays in the inbox as the durable copy.
-                tracing::error!(GOAL = id.as_str(), path = %goals.join(&file).display(), "cannot make goal {id} durable: {e}; its file stays in the inbox");
-                return;
+        self.maybe_wedge(name);
+    }
+
+    /// Makes accepted goal `id` durable (its file in `goals/`, that
+    /// folder, and `archive/` where its archive folder was made) on the
+    /// fsync thread; its dropped file `name` leaves the inbox once that is
+    /// done. Until then nothing durable is derived from the goal: see
+    /// [`Daemon::wait_goal_durable`].
+    pub(crate) fn make_goal_durable(&mut self, id: &Id, name: &str, format: Format) {
+        if !self.cfg.fsync {
+            self.keep_source(id, name, format);
+            return;
+        }
+        let job = self.syncer.submit(Job {
+            files: vec![self.bus.goal_path(id)],
+            dirs: vec![self.bus.dir(Folder::Goals), self.bus.dir(Folder::Archive)],
+            wake: true,
+        });
+        self.inbox_accepted.insert(name.to_string());
+        self.goals_syncing.insert(
+            id.clone(),
+            GoalSync {
+                job,
+                name: name.to_string(),
+                format,
+            },
+        );
+        // Done already when there is no thread to do it.
+        self.collect_syncs();
+    }
+
+    /// Collects the fsync thread's finished jobs: goals now durable leave
+    /// the inbox; a failure is logged (a goal that could not be made durable
+    /// keeps its dropped file in the inbox, the durable copy).
+    pub(crate) fn collect_syncs(&mut self) {
+        let mut failed: HashMap<u64, std::io::Error> = HashMap::new();
+        for (job, r) in self.syncer.take_finished() {
+            if let Err(e) = r {
+                failed.insert(job, e);
             }
         }
-        self.keep_source(&id, name, format);
-        self.maybe_wedge(name);
+        let done: Vec<Id> = self
+            .goals_syncing
+            .iter()
+            .filter(|(_, g)| self.syncer.is_done(g.job))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            let Some(g) = self.goals_syncing.remove(&id) else {
+                continue;
+            };
+            match failed.remove(&g.job) {
+                None => {
+                    self.inbox_accepted.remove(&g.name);
+                    self.keep_source(&id, &g.name, g.format);
+                }
+                Some(e) => {
+                    // Still passed over by the inbox scan: the goal runs;
+                    // the next start makes it durable and moves the file.
+                    tracing::error!(GOAL = id.as_str(), path = %self.bus.goal_path(&id).display(), "cannot make goal {id} durable: {e}; its file stays in the inbox, the durable copy, until the next start");
+                }
+            }
+        }
+        for e in failed.into_values() {
+            tracing::error!(
+                "cannot make a report's name durable: {e}; a restart after a power cut writes the report again"
+            );
+        }
+    }
+
+    /// Returns once accepted goal `id` is durable (at once if it is): the
+    /// barrier before anything durable derived from it is written (a
+    /// result written by the daemon, the goal's report) and before its
+    /// attempts move into the archive. Were the goal lost to a power cut,
+    /// its dropped file, still in the inbox, starts it afresh: nothing
+    /// derived from it may outlive it.
+    pub(crate) fn wait_goal_durable(&mut self, id: &Id) {
+        if let Some(g) = self.goals_syncing.get(id) {
+            self.syncer.wait(g.job);
+            self.collect_syncs();
+        }
     }
 
     /// Moves an accepted goal's file from `inbox/` into its archive.

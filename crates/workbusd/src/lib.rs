@@ -18,6 +18,7 @@ mod recover;
 mod scan;
 mod spawn;
 mod status;
+mod syncer;
 pub mod systemd;
 pub mod watch;
 
@@ -39,6 +40,11 @@ pub struct Options {
     /// arrives, so the systemd watchdog test can see a restart. Set through
     /// `WORKBUS_TEST_WEDGE_ON_GOAL`; never set in production.
     pub wedge_on_goal: Option<String>,
+    /// Test-only fault switch: the fsync thread sleeps this long before
+    /// each job, so that a test can watch what waits for an accepted goal
+    /// to be durable. Set through `WORKBUS_TEST_SYNC_DELAY_MS`; never set
+    /// in production.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 /// Entry point of the `workbusd` binary.

@@ -84,6 +84,26 @@ impl Pending {
         false
     }
 
+    /// Like [`Pending::write`] with `durable`, except that when written now
+    /// the folder is left for the caller to fsync (see
+    /// [`workbus_bus::write_atomic_data`]). A write that has to wait is
+    /// made fully durable when its turn comes.
+    pub fn write_data(&mut self, dir: &Path, name: &str, bytes: Vec<u8>) -> bool {
+        if self.ops.is_empty() {
+            match workbus_bus::write_atomic_data(dir, name, &bytes) {
+                Ok(()) => return true,
+                Err(e) => self.failed(&dir.join(name), &e),
+            }
+        }
+        self.ops.push_back(Op::Write {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            bytes,
+            durable: true,
+        });
+        false
+    }
+
     pub fn push(&mut self, op: Op) {
         self.ops.push_back(op);
         if self.next_try.is_none() {

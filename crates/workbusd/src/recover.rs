@@ -252,7 +252,9 @@ impl Daemon {
                         GOAL = id.as_str(),
                         "{id}: finishing the move of inbox/{name} into the archive"
                     );
-                    self.keep_source(id, &name, format);
+                    // Its goals/ file may still be only in the page cache
+                    // (the daemon was killed, the machine did not stop).
+                    self.make_goal_durable(id, &name, format);
                 }
             }
         }

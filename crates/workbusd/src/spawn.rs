@@ -335,6 +335,7 @@ impl Daemon {
 
     /// Writes a spawn's result durably into the archive, then absorbs it.
     fn absorb_spawn_result(&mut self, key: &AttemptKey, mut record: ResultRecord) {
+        self.wait_goal_durable(&key.goal);
         record.goal = Some(key.goal.clone());
         record.task = Some(key.task.clone());
         record.attempt = Some(key.attempt);

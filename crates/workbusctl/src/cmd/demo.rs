@@ -93,6 +93,7 @@ pub fn run(dir: Option<PathBuf>, repo: Option<PathBuf>) -> anyhow::Result<ExitCo
         config,
         config_file: None,
         wedge_on_goal: None,
+        sync_delay: None,
     };
     let daemon = std::thread::spawn(move || {
         workbusd::run_blocking(opts, async {
