@@ -242,6 +242,10 @@ fn workbusd_page(cmd: clap::Command) -> anyhow::Result<Vec<u8>> {
                     ],
                     "For tests only, never in production: the event loop hangs for good right after it accepts a goal whose inbox file name starts with PREFIX, so that a test can watch the systemd watchdog restart the daemon. Unset by default.",
                 ),
+                (
+                    vec![bold("WORKBUS_TEST_SYNC_DELAY_MS"), roman("="), italic("MS")],
+                    "For tests only, never in production: the fsync thread waits MS milliseconds before each job (making an accepted goal durable, fsyncing reports/), so that a test can watch what waits for a goal to be durable. Unset by default.",
+                ),
             ],
         );
         tagged(
