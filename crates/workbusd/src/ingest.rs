@@ -121,8 +121,9 @@ impl Daemon {
         });
         // Accepting is: goals/<id>.json written, then made durable by the
         // fsync thread while the loop publishes the first tasks and the
-        // workers start on them, then the dropped file leaves the inbox. A crash before the last step leaves the file in the
-        // inbox; recovery finds it is this accepted goal and finishes the move.
+        // workers start on them, then the dropped file leaves the inbox. A
+        // crash before the last step leaves the file in the inbox; recovery
+        // finds it is this accepted goal and finishes the move.
         let goals = self.bus.dir(Folder::Goals);
         let file = format!("{}.json", goal.id);
         // Compact: a goal of many tasks would double in size pretty-printed.

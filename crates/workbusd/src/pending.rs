@@ -69,8 +69,31 @@ impl Pending {
     /// Writes now if nothing waits, else queues. Returns whether it was
     /// written now.
     pub fn write(&mut self, dir: &Path, name: &str, bytes: Vec<u8>, durable: bool) -> bool {
+        self.write_with(dir, name, bytes, durable, |d, n, b| {
+            workbus_bus::write_atomic(d, n, b, durable)
+        })
+    }
+
+    /// Like [`Pending::write`] with `durable`, except that when written now
+    /// the folder is left for the caller to fsync (see
+    /// [`workbus_bus::write_atomic_data`]). A write that has to wait is
+    /// made fully durable when its turn comes.
+    pub fn write_data(&mut self, dir: &Path, name: &str, bytes: Vec<u8>) -> bool {
+        self.write_with(dir, name, bytes, true, workbus_bus::write_atomic_data)
+    }
+
+    /// Writes with `now` if nothing waits, else queues a write (made
+    /// durable when its turn comes if `durable`).
+    fn write_with(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        bytes: Vec<u8>,
+        durable: bool,
+        now: impl FnOnce(&Path, &str, &[u8]) -> io::Result<()>,
+    ) -> bool {
         if self.ops.is_empty() {
-            match workbus_bus::write_atomic(dir, name, &bytes, durable) {
+            match now(dir, name, &bytes) {
                 Ok(()) => return true,
                 Err(e) => self.failed(&dir.join(name), &e),
             }
@@ -80,26 +103,6 @@ impl Pending {
             name: name.to_string(),
             bytes,
             durable,
-        });
-        false
-    }
-
-    /// Like [`Pending::write`] with `durable`, except that when written now
-    /// the folder is left for the caller to fsync (see
-    /// [`workbus_bus::write_atomic_data`]). A write that has to wait is
-    /// made fully durable when its turn comes.
-    pub fn write_data(&mut self, dir: &Path, name: &str, bytes: Vec<u8>) -> bool {
-        if self.ops.is_empty() {
-            match workbus_bus::write_atomic_data(dir, name, &bytes) {
-                Ok(()) => return true,
-                Err(e) => self.failed(&dir.join(name), &e),
-            }
-        }
-        self.ops.push_back(Op::Write {
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-            bytes,
-            durable: true,
         });
         false
     }

@@ -115,8 +115,8 @@ impl Syncer {
         let job = match &self.tx {
             Some(tx) => match tx.send((id, job)) {
                 Ok(()) => return id,
-                // The thread is gone (it never panics; only if it was
-                // killed): run the job here.
+                // The thread is gone (it ends only when this side of the
+                // channel is dropped, so this is a safety net): run it here.
                 Err(std::sync::mpsc::SendError((_, job))) => {
                     self.tx = None;
                     job
