@@ -535,3 +535,34 @@ fn a_spawn_result_waits_until_its_goal_is_durable() {
     assert!(seen_running, "the task ran while its goal was made durable");
     assert_eq!(bus.report("sp").unwrap().outcome, Outcome::Succeeded);
 }
+
+/// A task released by a spawn's result waits until that result is durable,
+/// also when the result's batch is already in the fsync thread's hands
+/// (held up 2 s per job here) and the release is set off by another result.
+#[test]
+fn a_task_released_by_a_spawn_result_waits_for_its_batch() {
+    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 2), "capability_grace = \"60s\"");
+    let _d = Daemon::start(&bus, &[("WORKBUS_TEST_SYNC_DELAY_MS", "2000")]);
+    bus.submit(
+        "rel.toml",
+        "[[task]]\nid = \"a\"\nneeds = [\"x\"]\n[[task]]\nid = \"c\"\nneeds = [\"ext\"]\n\
+         [[task]]\nid = \"b\"\nneeds = [\"ext\"]\nafter = [\"a\", \"c\"]\n",
+    );
+    wait_for(Duration::from_secs(20), "a's result", || {
+        bus.path("archive/rel/a.1.result.json")
+            .exists()
+            .then_some(())
+    });
+    let seen = Instant::now();
+    // a's result goes to the fsync thread within 100 ms; then c is answered.
+    std::thread::sleep(Duration::from_millis(300));
+    answer(&bus, "rel", "c", "c done");
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(seen.elapsed()));
+    assert!(
+        !bus.path("tasks/rel.b.1.json").exists(),
+        "b was released before a's result was durable"
+    );
+    answer(&bus, "rel", "b", "b done");
+    let report = bus.wait_report("rel", Duration::from_secs(20));
+    assert_eq!(report.outcome, Outcome::Succeeded);
+}

@@ -82,6 +82,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     files: Vec<PathBuf>,
+    /// Folders to fsync besides the files' own.
+    dirs: Vec<PathBuf>,
     oldest: Option<std::time::Instant>,
     durable: bool,
 }
@@ -90,6 +92,7 @@ impl WriteBatch {
     pub fn new(durable: bool) -> Self {
         WriteBatch {
             files: Vec::new(),
+            dirs: Vec::new(),
             oldest: None,
             durable,
         }
@@ -110,8 +113,17 @@ impl WriteBatch {
         }
     }
 
+    /// Adds a folder whose entries are to be made durable (a rename or
+    /// creation in it), besides the folders of the files added.
+    pub fn add_dir(&mut self, dir: PathBuf) {
+        if self.durable {
+            self.oldest.get_or_insert_with(std::time::Instant::now);
+            self.dirs.push(dir);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.files.is_empty() && self.dirs.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -124,6 +136,7 @@ impl WriteBatch {
             self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
         }
         self.files.append(&mut other.files);
+        self.dirs.append(&mut other.dirs);
     }
 
     /// When the oldest file not yet durable was added.
@@ -131,10 +144,11 @@ impl WriteBatch {
         self.oldest
     }
 
-    /// Makes every file added so far durable. A file that vanished since
-    /// (moved on) is skipped: its new folder is the mover's to sync.
+    /// Makes every file and folder added so far durable. A file that
+    /// vanished since (moved on) is skipped: its new folder is the mover's
+    /// to sync. An error names the file or folder.
     pub fn commit(&mut self) -> io::Result<()> {
-        if self.files.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
         let mut open = Vec::with_capacity(self.files.len());
@@ -153,20 +167,27 @@ impl WriteBatch {
                     open.push(f);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(named(path, e)),
             }
         }
         sync_all_data(&open)?;
         let mut dirs: Vec<&Path> = self.files.iter().filter_map(|p| p.parent()).collect();
+        dirs.extend(self.dirs.iter().map(PathBuf::as_path));
         dirs.sort();
         dirs.dedup();
         for d in dirs {
-            sync_dir(d)?;
+            sync_dir(d).map_err(|e| named(d, e))?;
         }
         self.files.clear();
+        self.dirs.clear();
         self.oldest = None;
         Ok(())
     }
+}
+
+/// `e`, saying which file or folder it is about.
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Files fdatasynced at once by this many threads at most: each fdatasync
@@ -437,6 +458,17 @@ mod tests {
         b.commit().unwrap();
         assert!(b.is_empty());
         assert_eq!(list(d.path()).unwrap().len(), 2);
+        // Folders alone; a missing one fails the commit, named, and stays.
+        b.add_dir(d.path().to_path_buf());
+        assert!(!b.is_empty() && b.oldest().is_some());
+        b.commit().unwrap();
+        assert!(b.is_empty());
+        let missing = d.path().join("missing");
+        b.add_dir(missing.clone());
+        let e = b.commit().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+        assert!(!b.is_empty());
     }
 
     /// A large batch is synced by several threads; a file that cannot be

@@ -22,7 +22,7 @@ use crate::lock::InstanceLock;
 use crate::pending::Pending;
 use crate::spawn::{Claim, SpawnHandle};
 use crate::status::Metrics;
-use crate::syncer::Syncer;
+use crate::syncer::{Job, Syncer};
 use crate::systemd::Notifier;
 use crate::watch::{self, FsWatcher, Poller, WatchChoice};
 
@@ -72,10 +72,11 @@ pub struct Daemon {
     pub(crate) pending: Pending,
     /// Results written without fsync, to be made durable together.
     pub(crate) unsynced: workbus_bus::WriteBatch,
-    /// Batches being made durable by a helper thread.
-    syncing: Vec<std::thread::JoinHandle<(workbus_bus::WriteBatch, std::io::Result<()>)>>,
-    /// Accepted goals and report folders being made durable off the loop.
+    /// Makes batches of results, accepted goals and report folders durable
+    /// off the loop.
     pub(crate) syncer: Syncer,
+    /// The syncer's job holding the last batch of results handed to it.
+    last_batch: u64,
     /// Accepted goals not yet durable: the syncer's job, and the dropped
     /// file that leaves the inbox once it is done.
     pub(crate) goals_syncing: HashMap<Id, GoalSync>,
@@ -157,7 +158,7 @@ impl Daemon {
             archive_queue: Vec::new(),
             spawn_results: HashSet::new(),
             unsynced: workbus_bus::WriteBatch::new(true),
-            syncing: Vec::new(),
+            last_batch: 0,
             archive_dirs: HashSet::new(),
             status_dirty: true,
             last_status: None,
@@ -506,8 +507,9 @@ impl Daemon {
 
     pub(crate) fn apply(&mut self, effects: Vec<Effect>) {
         // Results not yet durable must be before anything derived from them
-        // is written: a task released by them, or a goal's report.
-        if !self.unsynced.is_empty()
+        // is written: a task released by them, or a goal's report. (Those
+        // handed to the fsync thread count until it is done with them.)
+        if (!self.unsynced.is_empty() || !self.syncer.is_done(self.last_batch))
             && effects.iter().any(|e| match e {
                 Effect::Publish(r) => !r.deps.is_empty(),
                 Effect::Finished(_) => true,
@@ -613,49 +615,14 @@ impl Daemon {
         self.archive_dirs.insert(goal.clone());
     }
 
-    /// Hands the results written so far to a helper thread that makes
-    /// them durable (it waits on the disk, not the event loop).
+    /// Hands the results written so far to the fsync thread (it waits on
+    /// the disk, not the event loop).
     fn sync_in_background(&mut self) {
-        self.reap_syncs(false);
         if self.unsynced.is_empty() {
             return;
         }
-        let mut batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
-        let kept = batch.clone();
-        let spawned = std::thread::Builder::new()
-            .name("workbusd-fsync".into())
-            .spawn(move || {
-                let r = batch.commit();
-                (batch, r)
-            });
-        match spawned {
-            Ok(h) => self.syncing.push(h),
-            Err(e) => {
-                tracing::warn!("cannot start a thread to fsync results ({e}); doing it here");
-                self.unsynced = kept;
-                self.commit_here();
-            }
-        }
-    }
-
-    /// Collects finished background syncs (all of them, waiting, with `wait`).
-    /// A batch that failed comes back to be tried again.
-    fn reap_syncs(&mut self, wait: bool) {
-        let mut i = 0;
-        while i < self.syncing.len() {
-            if !wait && !self.syncing[i].is_finished() {
-                i += 1;
-                continue;
-            }
-            match self.syncing.swap_remove(i).join() {
-                Ok((_, Ok(()))) => {}
-                Ok((mut batch, Err(e))) => {
-                    tracing::error!("cannot make results durable: {e}; retrying");
-                    self.unsynced.absorb(&mut batch);
-                }
-                Err(_) => tracing::error!("the fsync thread panicked"),
-            }
-        }
+        let batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
+        self.last_batch = self.syncer.submit(Job { batch, wake: false });
     }
 
     fn commit_here(&mut self) {
@@ -667,7 +634,9 @@ impl Daemon {
     /// Makes every result written without fsync durable before returning:
     /// the barrier before anything that depends on them is written.
     pub(crate) fn make_durable(&mut self) {
-        self.reap_syncs(true);
+        self.syncer.wait(self.last_batch);
+        // A batch the thread could not commit is back in `unsynced`.
+        self.collect_syncs();
         self.commit_here();
     }
 
@@ -776,11 +745,9 @@ impl Daemon {
             // so the loop is free for the next goal at once. (A power cut in
             // between loses at most the name: the goal, with no report,
             // ends again from its archived results at the next start.)
-            self.syncer.submit(crate::syncer::Job {
-                files: Vec::new(),
-                dirs: vec![dir],
-                wake: false,
-            });
+            let mut batch = workbus_bus::WriteBatch::new(true);
+            batch.add_dir(dir);
+            self.syncer.submit(Job { batch, wake: false });
         }
         self.archive_dirs.remove(&goal);
         self.status_dirty = true;
@@ -850,9 +817,10 @@ impl Daemon {
     }
 
     fn finish_stop(&mut self) {
-        self.make_durable();
+        // Every job of the fsync thread, then what failed there or was
+        // never handed to it.
         self.syncer.wait_all();
-        self.collect_syncs();
+        self.make_durable();
         if self.pending.next_try().is_some() {
             let _ = self.pending.retry();
         }

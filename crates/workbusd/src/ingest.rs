@@ -154,11 +154,11 @@ impl Daemon {
             self.keep_source(id, name, format);
             return;
         }
-        let job = self.syncer.submit(Job {
-            files: vec![self.bus.goal_path(id)],
-            dirs: vec![self.bus.dir(Folder::Goals), self.bus.dir(Folder::Archive)],
-            wake: true,
-        });
+        // goals/ is the file's own folder; archive/ holds its new archive folder.
+        let mut batch = workbus_bus::WriteBatch::new(true);
+        batch.add(self.bus.goal_path(id));
+        batch.add_dir(self.bus.dir(Folder::Archive));
+        let job = self.syncer.submit(Job { batch, wake: true });
         self.inbox_accepted.insert(name.to_string());
         self.goals_syncing.insert(
             id.clone(),
@@ -173,13 +173,14 @@ impl Daemon {
     }
 
     /// Collects the fsync thread's finished jobs: goals now durable leave
-    /// the inbox; a failure is logged (a goal that could not be made durable
-    /// keeps its dropped file in the inbox, the durable copy).
+    /// the inbox. A goal that could not be made durable keeps its dropped
+    /// file in the inbox, the durable copy; any other batch that failed
+    /// goes back to be tried again.
     pub(crate) fn collect_syncs(&mut self) {
-        let mut failed: HashMap<u64, std::io::Error> = HashMap::new();
-        for (job, r) in self.syncer.take_finished() {
+        let mut failed: HashMap<u64, (std::io::Error, workbus_bus::WriteBatch)> = HashMap::new();
+        for (job, r, batch) in self.syncer.take_finished() {
             if let Err(e) = r {
-                failed.insert(job, e);
+                failed.insert(job, (e, batch));
             }
         }
         let done: Vec<Id> = self
@@ -197,17 +198,16 @@ impl Daemon {
                     self.inbox_accepted.remove(&g.name);
                     self.keep_source(&id, &g.name, g.format);
                 }
-                Some(e) => {
+                Some((e, _)) => {
                     // Still passed over by the inbox scan: the goal runs;
                     // the next start makes it durable and moves the file.
                     tracing::error!(GOAL = id.as_str(), path = %self.bus.goal_path(&id).display(), "cannot make goal {id} durable: {e}; its file stays in the inbox, the durable copy, until the next start");
                 }
             }
         }
-        for e in failed.into_values() {
-            tracing::error!(
-                "cannot make a report's name durable: {e}; a restart after a power cut writes the report again"
-            );
+        for (e, mut batch) in failed.into_values() {
+            tracing::error!("cannot make files durable: {e}; retrying");
+            self.unsynced.absorb(&mut batch);
         }
     }
 

@@ -1,55 +1,41 @@
-//! A helper thread that makes files and folders durable off the event
-//! loop: an accepted goal (its file and `goals/`), and the folder of a
-//! report whose data is already on disk. The loop goes on while the disk
-//! works and waits only where something must not be written before them
-//! (see `Daemon::wait_goal_durable`).
+//! The fsync thread: makes files and folders durable off the event loop
+//! (results of spawns in batches, an accepted goal with its folders, the
+//! folder of a report whose data is already on disk). The loop goes on
+//! while the disk works and waits only where something must not be written
+//! before them (see `Daemon::make_durable` and `Daemon::wait_goal_durable`).
 //!
 //! Jobs run one at a time in the order given, so "job n is done" means
 //! every job before it is done too.
 
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
+use workbus_bus::WriteBatch;
 
 use crate::event::Event;
 
-/// What one job makes durable: the data of `files` (fdatasync), then the
-/// entries of `dirs` (fsync of each folder).
-#[derive(Debug, Default)]
+/// One job: a batch to commit.
+#[derive(Debug)]
 pub struct Job {
-    pub files: Vec<PathBuf>,
-    pub dirs: Vec<PathBuf>,
+    pub batch: WriteBatch,
     /// Whether the loop waits for this job: its end then sends
     /// `Event::Synced` (others are collected with the next one).
     pub wake: bool,
 }
 
-impl Job {
-    /// Errors name the file or folder.
-    fn run(&self) -> io::Result<()> {
-        fn named(p: &Path, e: io::Error) -> io::Error {
-            io::Error::new(e.kind(), format!("{}: {e}", p.display()))
-        }
-        for f in &self.files {
-            workbus_bus::sync_file(f).map_err(|e| named(f, e))?;
-        }
-        for d in &self.dirs {
-            workbus_bus::sync_dir(d).map_err(|e| named(d, e))?;
-        }
-        Ok(())
-    }
-}
+/// A job done: its number, its outcome, and its batch (holding what is not
+/// yet durable when it failed, to be tried again).
+pub type Done = (u64, io::Result<()>, WriteBatch);
 
 #[derive(Default)]
 struct State {
     /// The last job done (jobs are numbered from 1).
     done: u64,
-    /// Jobs done and not yet collected, with their outcome.
-    finished: Vec<(u64, io::Result<()>)>,
+    /// Jobs done and not yet collected.
+    finished: Vec<Done>,
 }
 
 #[derive(Default)]
@@ -59,10 +45,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn finish(&self, id: u64, r: io::Result<()>) {
+    fn finish(&self, id: u64, mut job: Job) {
+        let r = job.batch.commit();
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.done = id;
-        s.finished.push((id, r));
+        s.finished.push((id, r, job.batch));
         self.cv.notify_all();
     }
 }
@@ -124,7 +111,7 @@ impl Syncer {
             },
             None => job,
         };
-        self.shared.finish(id, job.run());
+        self.shared.finish(id, job);
         id
     }
 
@@ -150,8 +137,8 @@ impl Syncer {
         self.wait(self.last);
     }
 
-    /// The jobs done since the last call, with their outcome, in order.
-    pub fn take_finished(&self) -> Vec<(u64, io::Result<()>)> {
+    /// The jobs done since the last call, in order.
+    pub fn take_finished(&self) -> Vec<Done> {
         std::mem::take(&mut self.lock().finished)
     }
 
@@ -173,8 +160,9 @@ fn serve(
         if let Some(d) = delay {
             std::thread::sleep(d);
         }
-        shared.finish(id, job.run());
-        if job.wake {
+        let wake_loop = job.wake;
+        shared.finish(id, job);
+        if wake_loop {
             // The loop may be gone while stopping; it collects by waiting then.
             let _ = wake.send(Event::Synced);
         }
@@ -185,33 +173,40 @@ fn serve(
 mod tests {
     use super::*;
 
+    fn job(files: &[&std::path::Path], dirs: &[&std::path::Path], wake: bool) -> Job {
+        let mut batch = WriteBatch::new(true);
+        for f in files {
+            batch.add(f.to_path_buf());
+        }
+        for d in dirs {
+            batch.add_dir(d.to_path_buf());
+        }
+        Job { batch, wake }
+    }
+
     #[test]
-    fn jobs_finish_in_order_and_report_failures() {
+    fn jobs_finish_in_order_and_hand_back_what_failed() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.json");
         std::fs::write(&file, b"{}").unwrap();
+        let missing = dir.path().join("missing");
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
         let mut s = Syncer::start(wake, None);
-        let good = s.submit(Job {
-            files: vec![file.clone()],
-            dirs: vec![dir.path().to_path_buf()],
-            wake: true,
-        });
-        let bad = s.submit(Job {
-            files: vec![dir.path().join("missing.json")],
-            dirs: vec![],
-            wake: false,
-        });
+        let good = s.submit(job(&[&file], &[dir.path()], true));
+        let bad = s.submit(job(&[], &[&missing], false));
         s.wait_all();
         assert!(s.is_done(good) && s.is_done(bad));
         let done = s.take_finished();
         assert_eq!(done.len(), 2);
         assert_eq!(done[0].0, good);
-        assert!(done[0].1.is_ok());
+        assert!(done[0].1.is_ok() && done[0].2.is_empty());
         assert_eq!(done[1].0, bad);
-        assert_eq!(
-            done[1].1.as_ref().unwrap_err().kind(),
-            io::ErrorKind::NotFound
+        let e = done[1].1.as_ref().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(
+            !done[1].2.is_empty(),
+            "the failed batch comes back to be retried"
         );
         assert!(s.take_finished().is_empty());
         // A wake-up for the job that asked for one only.
