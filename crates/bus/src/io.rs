@@ -64,13 +64,8 @@ fn create_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// fdatasync of a file written earlier.
-pub fn sync_file(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_data()
-}
-
 /// fsync of a folder, so that a rename or creation in it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

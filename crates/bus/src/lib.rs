@@ -7,7 +7,7 @@ mod layout;
 
 pub use io::{
     ReadError, WriteBatch, list, list_by_inode, read_capped, read_json, remove_dir_all_quiet,
-    sync_dir, sync_file, write_atomic, write_atomic_data,
+    write_atomic, write_atomic_data,
 };
 pub use layout::{Bus, Folder};
 
