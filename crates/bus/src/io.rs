@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use serde::de::DeserializeOwned;
 use workbus_proto::ParseError;
@@ -165,7 +166,7 @@ impl WriteBatch {
                 Err(e) => return Err(named(path, e)),
             }
         }
-        sync_all_data(&open)?;
+        sync_all_data(open)?;
         let mut dirs: Vec<&Path> = self.files.iter().filter_map(|p| p.parent()).collect();
         dirs.extend(self.dirs.iter().map(PathBuf::as_path));
         dirs.sort();
@@ -191,40 +192,96 @@ fn named(path: &Path, e: io::Error) -> io::Error {
 /// flushes) instead of one round trip after another.
 const SYNC_THREADS: usize = 8;
 
+/// Part of a batch for a helper thread to fdatasync.
+struct SyncJob {
+    files: Arc<Vec<File>>,
+    range: std::ops::Range<usize>,
+    done: mpsc::Sender<io::Result<()>>,
+}
+
+/// The helper threads (up to `SYNC_THREADS - 1`, started at the first
+/// batch that needs them and kept: a thread started per batch cost more
+/// than some of the fsyncs it ran). Idle, they block on the queue and cost
+/// no wake-ups. None when no thread could be started.
+fn sync_pool() -> Option<&'static mpsc::Sender<SyncJob>> {
+    static POOL: OnceLock<Option<mpsc::Sender<SyncJob>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SyncJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for _ in 1..SYNC_THREADS {
+            let rx = rx.clone();
+            let helper = std::thread::Builder::new()
+                .name("workbus-sync".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held while waiting: one idle helper
+                        // waits on the queue, the others on the lock.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let r = job.files[job.range].iter().try_for_each(File::sync_data);
+                        let _ = job.done.send(r);
+                    }
+                });
+            started += usize::from(helper.is_ok());
+        }
+        (started > 0).then_some(tx)
+    })
+    .as_ref()
+}
+
 /// fdatasync of every file, on up to `SYNC_THREADS` threads (a few files
 /// on this one); the first error is returned.
-fn sync_all_data(files: &[File]) -> io::Result<()> {
+fn sync_all_data(files: Vec<File>) -> io::Result<()> {
     let threads = SYNC_THREADS.min(files.len() / 4);
-    if threads <= 1 {
+    let pool = if threads > 1 { sync_pool() } else { None };
+    let Some(pool) = pool else {
         return files.iter().try_for_each(File::sync_data);
-    }
+    };
     let chunk = files.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut results = Vec::new();
-        let mut here = Vec::new();
-        for part in files.chunks(chunk) {
-            let syncer = std::thread::Builder::new()
-                .name("workbus-sync".into())
-                .spawn_scoped(s, move || part.iter().try_for_each(File::sync_data));
-            match syncer {
-                Ok(h) => results.push(h),
-                // No thread to spare: this part is synced here.
-                Err(_) => here.push(part),
+    let files = Arc::new(files);
+    let (done, results) = mpsc::channel();
+    let mut sent = 0;
+    let mut first = Ok(());
+    // The first part is this thread's; the others go to the helpers (or
+    // are synced here too if the queue is gone).
+    for start in (chunk..files.len()).step_by(chunk) {
+        let range = start..(start + chunk).min(files.len());
+        let job = SyncJob {
+            files: files.clone(),
+            range: range.clone(),
+            done: done.clone(),
+        };
+        match pool.send(job) {
+            Ok(()) => sent += 1,
+            Err(_) => {
+                let r = files[range].iter().try_for_each(File::sync_data);
+                if first.is_ok() {
+                    first = r;
+                }
             }
         }
-        let mut first = here
-            .into_iter()
-            .try_for_each(|part| part.iter().try_for_each(File::sync_data));
-        for h in results {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")));
-            if first.is_ok() {
-                first = r;
-            }
+    }
+    let here = files[..chunk].iter().try_for_each(File::sync_data);
+    if first.is_ok() {
+        first = here;
+    }
+    // Every job holds a sender: the results end when the last job is done.
+    drop(done);
+    let mut received = 0;
+    for r in results.iter() {
+        received += 1;
+        if first.is_ok() {
+            first = r;
         }
-        first
-    })
+    }
+    if received < sent && first.is_ok() {
+        first = Err(io::Error::other("an fsync helper thread stopped"));
+    }
+    first
 }
 
 /// Why a bus file could not be read.
@@ -483,8 +540,44 @@ mod tests {
                 .collect();
             let (r, _w) = nix::unistd::pipe().unwrap();
             files[bad_at] = File::from(r);
-            let e = sync_all_data(&files).unwrap_err();
+            let e = sync_all_data(files).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "bad file at {bad_at}");
+        }
+    }
+
+    /// The helper threads of large batches are started once and kept:
+    /// the same threads serve every later batch.
+    #[test]
+    fn sync_helpers_are_started_once_and_kept() {
+        let helpers = || -> std::collections::BTreeSet<String> {
+            fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == "workbus-sync")
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let mut first = None;
+        for round in 0..5 {
+            let mut b = WriteBatch::new(true);
+            for i in 0..64 {
+                b.write(d.path(), &format!("r{round}-{i}.json"), b"{}")
+                    .unwrap();
+            }
+            b.commit().unwrap();
+            let now = helpers();
+            assert!(
+                !now.is_empty() && now.len() < SYNC_THREADS,
+                "round {round}: helper threads {now:?}"
+            );
+            match &first {
+                None => first = Some(now),
+                Some(f) => assert_eq!(f, &now, "round {round}: other helper threads"),
+            }
         }
     }
 

@@ -278,7 +278,7 @@ fn tree_ns(pids: &[i32]) -> u64 {
     total
 }
 
-/// A field of /proc/PID/status in kB (VmHWM, VmRSS).
+/// A numeric field of /proc/PID/status (VmHWM and VmRSS in kB; counters).
 fn status_kb(pid: i32, key: &str) -> Option<u64> {
     let s = read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
@@ -1105,6 +1105,9 @@ impl Bench {
         let r = self.drive(workload, cfg, rep, &run, &mut d, residents, trace);
         let hwm = status_kb(d.pid, "VmHWM");
         let daemon_cpu = proc_cpu_s(d.pid);
+        let switches = status_kb(d.pid, "voluntary_ctxt_switches")
+            .zip(status_kb(d.pid, "nonvoluntary_ctxt_switches"))
+            .map(|(v, n)| v + n);
         let worker_cpu = d
             .workers
             .iter()
@@ -1117,7 +1120,7 @@ impl Bench {
             r.with_context(|| format!("the daemon's log ends with:\n{}", tail(&log, 12)))?;
         v["ready_s"] = json!(ready_s);
         v["daemon"] = json!({"vmhwm_kb": hwm, "cpu_s": daemon_cpu, "workers_cpu_s": worker_cpu,
-                             "exit": st.code()});
+                             "context_switches": switches, "exit": st.code()});
         if let Some(raw) = raw {
             v["raw_x4_before"] = raw;
         }
