@@ -1205,6 +1205,10 @@ impl Engine {
         let lease = self.cfg.lease_timeout;
         self.bus_claimable = false;
         for (gid, run) in self.goals.iter_mut() {
+            // Tasks of this goal served again: one note for them all (a
+            // worker appearing may serve tens of thousands).
+            let mut served_again = 0usize;
+            let mut last = None;
             for (ti, t) in run.tasks.iter_mut().enumerate() {
                 if let TaskState::Queued { grace_until, .. } = &mut t.state {
                     self.bus_claimable |= self.workers.bus_offers(&t.spec.needs);
@@ -1212,17 +1216,8 @@ impl Engine {
                     match (served, grace_until.is_some()) {
                         (true, true) => {
                             *grace_until = None;
-                            out.push(
-                                Note {
-                                    level: Level::Info,
-                                    goal: Some(gid.clone()),
-                                    task: Some(t.spec.id.clone()),
-                                    attempt: Some(t.attempt),
-                                    worker: None,
-                                    message: "a worker now offers its capabilities".into(),
-                                }
-                                .into(),
-                            );
+                            served_again += 1;
+                            last = Some((t.spec.id.clone(), t.attempt));
                         }
                         (false, false) => {
                             let at = now.plus(self.cfg.capability_grace);
@@ -1234,6 +1229,30 @@ impl Engine {
                     }
                 }
             }
+            let (task, attempt, message) = match (served_again, last) {
+                (1, Some((task, attempt))) => (
+                    Some(task),
+                    Some(attempt),
+                    "a worker now offers its capabilities".to_string(),
+                ),
+                (0, _) | (_, None) => continue,
+                (n, Some(_)) => (
+                    None,
+                    None,
+                    format!("{n} queued tasks: a worker now offers their capabilities"),
+                ),
+            };
+            out.push(
+                Note {
+                    level: Level::Info,
+                    goal: Some(gid.clone()),
+                    task,
+                    attempt,
+                    worker: None,
+                    message,
+                }
+                .into(),
+            );
         }
     }
 

@@ -265,6 +265,51 @@ fn a_worker_appearing_within_grace_takes_the_task() {
     );
 }
 
+/// A worker that serves many waiting tasks is one note per goal, not one
+/// per task (a fleet edit may serve tens of thousands at once).
+#[test]
+fn a_worker_serving_many_waiting_tasks_is_one_note_per_goal() {
+    let notes = |fx: &[Effect]| -> Vec<(Option<String>, Option<String>, String)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Note(n) if n.message.contains("now offers") => Some((
+                    n.goal.as_ref().map(|g| g.to_string()),
+                    n.task.as_ref().map(|t| t.to_string()),
+                    n.message.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = H::new(vec![]);
+    let many: String = (0..50)
+        .map(|i| format!("[[task]]\nid = \"t{i}\"\nneeds = [\"gpu\"]\n"))
+        .collect();
+    h.input(Input::Goal(goal(&format!("id = \"g\"\n{many}"))));
+    h.input(Input::Goal(goal(
+        "id = \"h\"\n[[task]]\nid = \"a\"\nneeds = [\"gpu\"]\n",
+    )));
+    h.now = 3 * S;
+    let fx = h.input(Input::Workers(vec![spawn_worker("w", &["gpu"], 1)]));
+    let mut got = notes(&fx);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                Some("g".into()),
+                None,
+                "50 queued tasks: a worker now offers their capabilities".into()
+            ),
+            (
+                Some("h".into()),
+                Some("a".into()),
+                "a worker now offers its capabilities".into()
+            ),
+        ]
+    );
+}
+
 #[test]
 fn failures_retry_with_backoff_then_fail_and_skip_downstream() {
     let mut h = H::new(vec![spawn_worker("w", &["x"], 1)]);
