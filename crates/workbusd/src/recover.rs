@@ -326,7 +326,9 @@ fn read_result(path: &std::path::Path, limit: u64) -> Result<ResultRecord, Strin
 
 /// Threads reading results at a restart. With a cold page cache
 /// each read waits on the disk: reads in parallel keep its queue full.
-const READERS: usize = 16;
+/// (A cold restart with 50 000 archived results: READY=1 after 1.38-1.48 s
+/// with 64, 1.57-1.79 s with 16, ten alternations.)
+const READERS: usize = 64;
 
 /// Files a reader takes at a time.
 const BLOCK: usize = 64;
