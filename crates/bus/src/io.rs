@@ -75,7 +75,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fdatasynced (mostly waiting on writes already under way), then each
 /// folder is fsynced once. For 500 small files this takes about half as
 /// long as fsyncing each in turn.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct WriteBatch {
     files: Vec<PathBuf>,
     /// Folders to fsync besides the files' own.

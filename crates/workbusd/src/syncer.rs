@@ -45,9 +45,13 @@ struct Shared {
 }
 
 impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn finish(&self, id: u64, mut job: Job) {
         let r = job.batch.commit();
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.lock();
         s.done = id;
         s.finished.push((id, r, job.batch));
         self.cv.notify_all();
@@ -143,10 +147,7 @@ impl Syncer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock()
     }
 }
 
