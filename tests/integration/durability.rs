@@ -566,3 +566,97 @@ fn a_task_released_by_a_spawn_result_waits_for_its_batch() {
     let report = bus.wait_report("rel", Duration::from_secs(20));
     assert_eq!(report.outcome, Outcome::Succeeded);
 }
+
+/// Making an accepted goal durable fails (the test switch fails each such
+/// fsync job while its file exists, as a disk error would). The goal is
+/// written again and again with a growing pause; until that succeeds,
+/// nothing derived from it is written: its first tasks may run, but a
+/// spawn's result is held, a bus worker's result stays in `results/`, no
+/// later task is released, no report appears, and its dropped file stays
+/// in the inbox. The daemon is not stuck. Once the disk works the goal
+/// carries on to its report; and a kill -9 while it is held loses nothing
+/// either.
+#[test]
+fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_again() {
+    // a and b run on the spawn worker; c and d wait for the test to answer.
+    let goal = "[[task]]\nid = \"a\"\nneeds = [\"x\"]\n\
+                [[task]]\nid = \"b\"\nneeds = [\"x\"]\nafter = [\"a\"]\n\
+                [[task]]\nid = \"c\"\nneeds = [\"ext\"]\n\
+                [[task]]\nid = \"d\"\nneeds = [\"ext\"]\nafter = [\"c\"]\n";
+    for kill in [false, true] {
+        let bus = TestBus::with_config(&spawn_worker("w", &["x"], 2), "capability_grace = \"60s\"");
+        let switch = bus.dir.path().join("fail-goal-sync");
+        fs::write(&switch, b"").unwrap();
+        let switch_env = switch.display().to_string();
+        let env = [("WORKBUS_TEST_FAIL_GOAL_SYNC", switch_env.as_str())];
+        let mut d = Daemon::start(&bus, &env);
+        bus.submit("held.toml", goal);
+        d.wait_log("cannot make goal held durable", Duration::from_secs(20));
+        wait_for(Duration::from_secs(20), "a to have run", || {
+            d.log_text().contains("held.a.1 starting").then_some(())
+        });
+        answer(&bus, "held", "c", "c done");
+        d.wait_log("writing it again in 200ms", Duration::from_secs(20));
+        let held_since = Instant::now();
+        while held_since.elapsed() < Duration::from_millis(1500) {
+            for (what, path) in [
+                ("a's result", "archive/held/a.1.result.json"),
+                ("c's result, in the archive", "archive/held/c.1.result.json"),
+                ("the report", "reports/held.json"),
+                ("b's task", "tasks/held.b.1.json"),
+                ("d's task", "tasks/held.d.1.json"),
+            ] {
+                assert!(
+                    !bus.path(path).exists(),
+                    "kill = {kill}: {what} was written while the goal was not durable"
+                );
+            }
+            assert!(bus.path("inbox/held.toml").exists());
+            assert!(bus.path("results/held.c.1.json").exists());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let claimed: Vec<String> = fs::read_dir(bus.path("claimed"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            claimed.iter().all(|n| !n.starts_with("held.b")),
+            "b was claimed while the goal was not durable: {claimed:?}"
+        );
+        // The daemon is not stuck meanwhile: a bad goal is refused at once.
+        bus.submit(
+            "bad.toml",
+            "[[task]]\nid = \"a\"\nneeds = [\"x\"]\nafter = [\"nope\"]\n",
+        );
+        let refusal = bus.wait_rejected("bad.toml");
+        assert!(
+            refusal["message"].as_str().unwrap().contains("nope"),
+            "{refusal}"
+        );
+        if kill {
+            d.kill9();
+            fs::remove_file(&switch).unwrap();
+            d = Daemon::start(&bus, &env);
+        } else {
+            fs::remove_file(&switch).unwrap();
+        }
+        answer(&bus, "held", "d", "d done");
+        let report = bus.wait_report("held", Duration::from_secs(60));
+        assert_eq!(report.outcome, Outcome::Succeeded, "kill = {kill}");
+        assert_eq!(report.tasks["c"].output, Some(serde_json::json!("c done")));
+        assert_eq!(report.tasks["c"].attempts, 1, "kill = {kill}");
+        assert!(
+            !bus.path("inbox/held.toml").exists(),
+            "kill = {kill}: the dropped file stayed in the inbox"
+        );
+        assert!(bus.path("archive/held/source.toml").exists());
+        assert!(bus.path("archive/held/b.1.result.json").exists());
+        if !kill {
+            d.wait_log("held: durable after", Duration::from_secs(5));
+            assert_eq!(report.tasks["a"].attempts, 1, "a's held result was lost");
+        }
+        let goals = fs::read_dir(bus.path("goals")).unwrap().count();
+        assert_eq!(goals, 1, "kill = {kill}: the goal was accepted twice");
+        drop(d);
+    }
+}

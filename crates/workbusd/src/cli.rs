@@ -106,6 +106,9 @@ pub fn options(args: Args) -> anyhow::Result<Options> {
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .map(std::time::Duration::from_millis),
+        fail_goal_sync: std::env::var_os("WORKBUS_TEST_FAIL_GOAL_SYNC")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
     })
 }
 

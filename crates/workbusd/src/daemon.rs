@@ -17,7 +17,7 @@ use workbus_proto::{Id, Timestamp};
 use crate::Options;
 use crate::event::{Event, Signal};
 use crate::fleet::{FleetState, load_fleet_file};
-use crate::ingest::GoalSync;
+use crate::ingest::{GoalSync, Held};
 use crate::lock::InstanceLock;
 use crate::pending::Pending;
 use crate::spawn::{Claim, SpawnHandle};
@@ -308,6 +308,7 @@ impl Daemon {
             self.fleet_reload_at,
             self.next_claim_scan,
             self.unsynced.oldest().map(|t| t + UNSYNCED_MAX_AGE),
+            self.next_goal_sync_retry(),
             self.fleet.next_wake(),
             self.notifier.next_ping(),
             self.stopping,
@@ -385,6 +386,9 @@ impl Daemon {
             || self.unsynced.len() >= UNSYNCED_MAX
         {
             self.sync_in_background();
+        }
+        if self.next_goal_sync_retry().is_some_and(|t| t <= now) {
+            self.retry_goal_syncs();
         }
         if self.next_claim_scan.is_some_and(|t| t <= now) {
             self.next_claim_scan = None;
@@ -541,6 +545,15 @@ impl Daemon {
             .collect();
         let mut dispatches = Vec::new();
         for e in effects {
+            // A goal that could not be made durable holds what would be
+            // derived from it (see `Daemon::hold`).
+            if let Some(goal) = held_goal(&e)
+                && (self.goal_held(goal) || (writes_derived(&e) && !self.wait_goal_durable(goal)))
+            {
+                let goal = goal.clone();
+                self.hold(&goal, Held::Effects(vec![e]));
+                continue;
+            }
             match e {
                 Effect::Publish(record) => {
                     if !direct.contains(&(record.goal.clone(), record.task.clone(), record.attempt))
@@ -551,7 +564,6 @@ impl Daemon {
                 Effect::Dispatch { worker, record } => dispatches.push((worker, record)),
                 Effect::Kill { key, reason } => self.kill_spawn(&key, &reason),
                 Effect::WriteResult { key, record } => {
-                    self.wait_goal_durable(&key.goal);
                     self.ensure_archive_dir(&key.goal);
                     let bytes = json_bytes(&record);
                     let dir = self.bus.archive_dir(&key.goal);
@@ -881,6 +893,26 @@ impl Daemon {
 }
 
 /// `rename`, where a missing source is fine.
+/// The goal an effect derives from, for those that wait while it cannot be
+/// made durable (stopping a process and logging do not).
+fn held_goal(e: &Effect) -> Option<&Id> {
+    match e {
+        Effect::Publish(r) | Effect::Dispatch { record: r, .. } => Some(&r.goal),
+        Effect::WriteResult { key, .. } | Effect::Archive { key } | Effect::Stale { key, .. } => {
+            Some(&key.goal)
+        }
+        Effect::Finished(report) => Some(&report.goal),
+        Effect::Kill { .. } | Effect::Note(_) => None,
+    }
+}
+
+/// Effects that write durable records derived from their goal: they wait
+/// until it is durable. (Archive moves wait in `flush_archive`, without
+/// holding up the loop.)
+fn writes_derived(e: &Effect) -> bool {
+    matches!(e, Effect::WriteResult { .. } | Effect::Finished(_))
+}
+
 fn rename_if_there(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

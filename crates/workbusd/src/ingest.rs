@@ -3,13 +3,15 @@
 //! text kept in the archive) or lands in `rejected/` with an error file.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use workbus_bus::{Folder, ReadError, read_capped};
-use workbus_engine::{GoalError, Input, validate};
+use workbus_engine::{Effect, GoalError, Input, validate};
 use workbus_proto::goal::GoalSource;
+use workbus_proto::names::AttemptKey;
 use workbus_proto::parse::Format;
+use workbus_proto::result::ResultRecord;
 use workbus_proto::{Id, SCHEMA_VERSION, Timestamp};
 
 use crate::daemon::{Daemon, json_bytes};
@@ -23,7 +25,37 @@ pub(crate) struct GoalSync {
     /// The dropped file, which leaves the inbox once the job is done.
     pub name: String,
     pub format: Format,
+    /// What `goals/<id>.json` holds, to write it again if making it
+    /// durable fails (None: read back from the file when needed).
+    pub bytes: Option<Vec<u8>>,
+    /// Set once making it durable failed: it is tried again, and until it
+    /// succeeds everything derived from the goal waits here.
+    pub retry: Option<SyncRetry>,
 }
+
+/// A goal that could not be made durable: when to try again, and what waits.
+#[derive(Debug, Default)]
+pub(crate) struct SyncRetry {
+    pub failures: u32,
+    /// When to write the goal again (None while that attempt's job runs).
+    pub at: Option<Instant>,
+    /// What the daemon would have done for the goal meanwhile, in order.
+    pub held: Vec<Held>,
+}
+
+/// Something derived from a goal that is not durable yet.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// Effects of the engine for the goal, to apply as one list.
+    Effects(Vec<Effect>),
+    /// A spawn's result, to write into the archive and absorb.
+    SpawnResult(AttemptKey, Box<ResultRecord>),
+}
+
+/// The first retry of a goal that could not be made durable comes after
+/// this, then twice as long each time, up to `SYNC_RETRY_MAX`.
+const SYNC_RETRY_MIN: Duration = Duration::from_millis(100);
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// `rejected/NAME.error.json`: why a file was refused.
 #[derive(Debug, Serialize)]
@@ -139,7 +171,7 @@ impl Daemon {
         tracing::info!(GOAL = id.as_str(), "{id}: accepted from inbox/{name}");
         // Named as not yet durable before the engine sees it: a goal that
         // ends at once must not have its report written first.
-        self.make_goal_durable(&id, name, format);
+        self.make_goal_durable(&id, name, format, Some(bytes));
         self.feed(Input::Goal(goal));
         self.maybe_wedge(name);
     }
@@ -148,17 +180,19 @@ impl Daemon {
     /// folder, and `archive/` where its archive folder was made) on the
     /// fsync thread; its dropped file `name` leaves the inbox once that is
     /// done. Until then nothing durable is derived from the goal: see
-    /// [`Daemon::wait_goal_durable`].
-    pub(crate) fn make_goal_durable(&mut self, id: &Id, name: &str, format: Format) {
+    /// [`Daemon::wait_goal_durable`]. `bytes`: what the file holds.
+    pub(crate) fn make_goal_durable(
+        &mut self,
+        id: &Id,
+        name: &str,
+        format: Format,
+        bytes: Option<Vec<u8>>,
+    ) {
         if !self.cfg.fsync {
             self.keep_source(id, name, format);
             return;
         }
-        // goals/ is the file's own folder; archive/ holds its new archive folder.
-        let mut batch = workbus_bus::WriteBatch::new(true);
-        batch.add(self.bus.goal_path(id));
-        batch.add_dir(self.bus.dir(Folder::Archive));
-        let job = self.syncer.submit(Job { batch, wake: true });
+        let job = self.submit_goal_sync(id);
         self.inbox_accepted.insert(name.to_string());
         self.goals_syncing.insert(
             id.clone(),
@@ -166,61 +200,210 @@ impl Daemon {
                 job,
                 name: name.to_string(),
                 format,
+                bytes,
+                retry: None,
             },
         );
         // Done already when there is no thread to do it.
         self.collect_syncs();
     }
 
+    fn submit_goal_sync(&mut self, id: &Id) -> u64 {
+        // goals/ is the file's own folder; archive/ holds its new archive folder.
+        let mut batch = workbus_bus::WriteBatch::new(true);
+        batch.add(self.bus.goal_path(id));
+        batch.add_dir(self.bus.dir(Folder::Archive));
+        if let Some(switch) = &self.opts.fail_goal_sync
+            && switch.exists()
+        {
+            // The test fault switch: a folder that is not there fails the
+            // job as a disk error would.
+            batch.add_dir(
+                self.bus
+                    .root()
+                    .join("no such folder (WORKBUS_TEST_FAIL_GOAL_SYNC)"),
+            );
+        }
+        self.syncer.submit(Job { batch, wake: true })
+    }
+
     /// Collects the fsync thread's finished jobs: goals now durable leave
-    /// the inbox. A goal that could not be made durable keeps its dropped
-    /// file in the inbox, the durable copy; any other batch that failed
-    /// goes back to be tried again.
+    /// the inbox and what waited for them goes on. A goal that could not
+    /// be made durable keeps its dropped file in the inbox and is written
+    /// again after a while; any other batch that failed goes back to be
+    /// tried again.
     pub(crate) fn collect_syncs(&mut self) {
-        let mut failed: HashMap<u64, (std::io::Error, workbus_bus::WriteBatch)> = HashMap::new();
+        // Each job's outcome is taken once: a goal is done when its job is
+        // among those taken now (one that ends meanwhile is taken next time).
+        let mut outcomes: HashMap<u64, Option<(std::io::Error, workbus_bus::WriteBatch)>> =
+            HashMap::new();
         for (job, r, batch) in self.syncer.take_finished() {
-            if let Err(e) = r {
-                failed.insert(job, (e, batch));
-            }
+            outcomes.insert(job, r.err().map(|e| (e, batch)));
         }
         let done: Vec<Id> = self
             .goals_syncing
             .iter()
-            .filter(|(_, g)| self.syncer.is_done(g.job))
+            .filter(|(_, g)| {
+                g.retry.as_ref().is_none_or(|r| r.at.is_none()) && outcomes.contains_key(&g.job)
+            })
             .map(|(id, _)| id.clone())
             .collect();
+        let mut resumed = Vec::new();
         for id in done {
-            let Some(g) = self.goals_syncing.remove(&id) else {
+            let Some(mut g) = self.goals_syncing.remove(&id) else {
                 continue;
             };
-            match failed.remove(&g.job) {
+            match outcomes.remove(&g.job).flatten() {
                 None => {
                     self.inbox_accepted.remove(&g.name);
                     self.keep_source(&id, &g.name, g.format);
+                    if let Some(r) = g.retry {
+                        tracing::info!(
+                            GOAL = id.as_str(),
+                            "{id}: durable after {} failed attempts; carrying on with what waited for it",
+                            r.failures
+                        );
+                        resumed.push(r.held);
+                    }
                 }
                 Some((e, _)) => {
-                    // Still passed over by the inbox scan: the goal runs;
-                    // the next start makes it durable and moves the file.
-                    tracing::error!(GOAL = id.as_str(), path = %self.bus.goal_path(&id).display(), "cannot make goal {id} durable: {e}; its file stays in the inbox, the durable copy, until the next start");
+                    // The dropped file stays in the inbox (passed over by
+                    // the inbox scan): the durable copy, should the machine
+                    // stop before the goal is.
+                    let r = g.retry.get_or_insert_with(SyncRetry::default);
+                    r.failures += 1;
+                    let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
+                    r.at = Some(Instant::now() + delay);
+                    tracing::error!(
+                        GOAL = id.as_str(),
+                        path = %self.bus.goal_path(&id).display(),
+                        "cannot make goal {id} durable: {e}; nothing derived from it is written until it is (its file stays in inbox/); writing it again in {}",
+                        workbus_engine::fmt_duration(delay)
+                    );
+                    self.goals_syncing.insert(id, g);
                 }
             }
         }
-        for (e, mut batch) in failed.into_values() {
+        for (e, mut batch) in outcomes.into_values().flatten() {
             tracing::error!("cannot make files durable: {e}; retrying");
             self.unsynced.absorb(&mut batch);
         }
+        for held in resumed {
+            for h in held {
+                match h {
+                    Held::Effects(effects) => self.apply(effects),
+                    Held::SpawnResult(key, record) => self.absorb_spawn_result(&key, *record),
+                }
+            }
+        }
     }
 
-    /// Returns once accepted goal `id` is durable (at once if it is): the
-    /// barrier before anything durable derived from it is written (a
-    /// result written by the daemon, the goal's report) and before its
-    /// attempts move into the archive. Were the goal lost to a power cut,
-    /// its dropped file, still in the inbox, starts it afresh: nothing
-    /// derived from it may outlive it.
-    pub(crate) fn wait_goal_durable(&mut self, id: &Id) {
-        if let Some(g) = self.goals_syncing.get(id) {
-            self.syncer.wait(g.job);
-            self.collect_syncs();
+    /// When the next goal that could not be made durable is tried again.
+    pub(crate) fn next_goal_sync_retry(&self) -> Option<Instant> {
+        self.goals_syncing
+            .values()
+            .filter_map(|g| g.retry.as_ref().and_then(|r| r.at))
+            .min()
+    }
+
+    /// Writes each goal that is due again (a fresh file: after a failed
+    /// fsync the kernel may have dropped what the old one held) and hands
+    /// it to the fsync thread once more.
+    pub(crate) fn retry_goal_syncs(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Id> = self
+            .goals_syncing
+            .iter()
+            .filter(|(_, g)| {
+                g.retry
+                    .as_ref()
+                    .and_then(|r| r.at)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let path = self.bus.goal_path(&id);
+            let Some(g) = self.goals_syncing.get_mut(&id) else {
+                continue;
+            };
+            if g.bytes.is_none() {
+                g.bytes = read_capped(&path, u64::MAX).ok();
+            }
+            let written = match &g.bytes {
+                Some(b) => workbus_bus::write_atomic(
+                    &self.bus.dir(Folder::Goals),
+                    &format!("{id}.json"),
+                    b,
+                    false,
+                )
+                .map_err(|e| e.to_string()),
+                None => Err(format!("cannot read {} back", path.display())),
+            };
+            if let Err(e) = written {
+                let r = g.retry.get_or_insert_with(SyncRetry::default);
+                r.failures += 1;
+                let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
+                r.at = Some(now + delay);
+                tracing::error!(
+                    GOAL = id.as_str(),
+                    "cannot write goal {id} again: {e}; trying again in {}",
+                    workbus_engine::fmt_duration(delay)
+                );
+                continue;
+            }
+            let job = self.submit_goal_sync(&id);
+            if let Some(g) = self.goals_syncing.get_mut(&id) {
+                g.job = job;
+                if let Some(r) = g.retry.as_mut() {
+                    r.at = None;
+                }
+            }
+        }
+        self.collect_syncs();
+    }
+
+    /// Whether everything derived from goal `id` waits (it could not be
+    /// made durable yet).
+    pub(crate) fn goal_held(&self, id: &Id) -> bool {
+        self.goals_syncing
+            .get(id)
+            .is_some_and(|g| g.retry.is_some())
+    }
+
+    /// Keeps `what` until goal `id` is durable. Effects given one after
+    /// the other are applied as one list.
+    pub(crate) fn hold(&mut self, id: &Id, what: Held) {
+        let Some(r) = self
+            .goals_syncing
+            .get_mut(id)
+            .and_then(|g| g.retry.as_mut())
+        else {
+            return;
+        };
+        match (r.held.last_mut(), what) {
+            (Some(Held::Effects(list)), Held::Effects(more)) => list.extend(more),
+            (_, what) => r.held.push(what),
+        }
+    }
+
+    /// Returns whether accepted goal `id` is durable, waiting for the job
+    /// that makes it so if one runs: the barrier before anything durable
+    /// derived from it is written (a result written by the daemon, the
+    /// goal's report) and before its attempts move into the archive. Were
+    /// the goal lost to a power cut, its dropped file, still in the inbox,
+    /// starts it afresh: nothing derived from it may outlive it. False
+    /// when making it durable failed: the caller then holds what it would
+    /// write (see [`Daemon::hold`]).
+    pub(crate) fn wait_goal_durable(&mut self, id: &Id) -> bool {
+        match self.goals_syncing.get(id) {
+            None => true,
+            Some(g) if g.retry.is_some() => false,
+            Some(g) => {
+                self.syncer.wait(g.job);
+                self.collect_syncs();
+                !self.goal_held(id)
+            }
         }
     }
 

@@ -45,6 +45,11 @@ pub struct Options {
     /// to be durable. Set through `WORKBUS_TEST_SYNC_DELAY_MS`; never set
     /// in production.
     pub sync_delay: Option<std::time::Duration>,
+    /// Test-only fault switch: while this file exists, making an accepted
+    /// goal durable fails (as on a disk error), so that a test can watch
+    /// the goal wait and be tried again. Set through
+    /// `WORKBUS_TEST_FAIL_GOAL_SYNC`; never set in production.
+    pub fail_goal_sync: Option<PathBuf>,
 }
 
 /// Entry point of the `workbusd` binary.

@@ -254,7 +254,7 @@ impl Daemon {
                     );
                     // Its goals/ file may still be only in the page cache
                     // (the daemon was killed, the machine did not stop).
-                    self.make_goal_durable(id, &name, format);
+                    self.make_goal_durable(id, &name, format, None);
                 }
             }
         }

@@ -19,6 +19,7 @@ use workbus_supervisor::{Exit, Spec, StopReason, Stream, resolve_identity};
 use crate::daemon::{Daemon, json_bytes};
 use crate::event::Event;
 use crate::fleet::{CappedLog, ResidentProc, load_fleet_file};
+use crate::ingest::Held;
 use crate::pending::Op;
 
 /// How a spawn's claim file comes to be.
@@ -334,8 +335,13 @@ impl Daemon {
     }
 
     /// Writes a spawn's result durably into the archive, then absorbs it.
-    fn absorb_spawn_result(&mut self, key: &AttemptKey, mut record: ResultRecord) {
-        self.wait_goal_durable(&key.goal);
+    pub(crate) fn absorb_spawn_result(&mut self, key: &AttemptKey, mut record: ResultRecord) {
+        if !self.wait_goal_durable(&key.goal) {
+            // Absorbed once the goal is durable: until then the engine does
+            // not see it, and the goal does not move on.
+            self.hold(&key.goal, Held::SpawnResult(key.clone(), Box::new(record)));
+            return;
+        }
         record.goal = Some(key.goal.clone());
         record.task = Some(key.task.clone());
         record.attempt = Some(key.attempt);

@@ -246,6 +246,14 @@ fn workbusd_page(cmd: clap::Command) -> anyhow::Result<Vec<u8>> {
                     vec![bold("WORKBUS_TEST_SYNC_DELAY_MS"), roman("="), italic("MS")],
                     "For tests only, never in production: the fsync thread waits MS milliseconds before each job (making an accepted goal durable, fsyncing reports/), so that a test can watch what waits for a goal to be durable. Unset by default.",
                 ),
+                (
+                    vec![
+                        bold("WORKBUS_TEST_FAIL_GOAL_SYNC"),
+                        roman("="),
+                        italic("FILE"),
+                    ],
+                    "For tests only, never in production: while FILE exists, making an accepted goal durable fails as on a disk error, so that a test can watch the goal wait, with nothing derived from it written, and be written again. Unset by default.",
+                ),
             ],
         );
         tagged(

@@ -94,6 +94,7 @@ pub fn run(dir: Option<PathBuf>, repo: Option<PathBuf>) -> anyhow::Result<ExitCo
         config_file: None,
         wedge_on_goal: None,
         sync_delay: None,
+        fail_goal_sync: None,
     };
     let daemon = std::thread::spawn(move || {
         workbusd::run_blocking(opts, async {
