@@ -61,6 +61,8 @@ pub fn init(mode: LogMode, level: &str) -> LogMode {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    // Colours for a person at a terminal, not in a log file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_target(false),
             )
             .try_init()
