@@ -439,10 +439,13 @@ fn bad_goals_are_rejected_with_precise_errors_and_the_daemon_carries_on() {
         bus.wait_report("good", Duration::from_secs(30)).outcome,
         Outcome::Succeeded
     );
+    let log = d.log_text();
     assert!(
-        d.log_text().contains("rejected inbox/cycle.toml"),
+        log.contains("rejected inbox/cycle.toml"),
         "rejections are logged"
     );
+    // Written to a file, not a terminal: no colour codes.
+    assert!(!log.contains('\x1b'), "escape sequences in the log:\n{log}");
 }
 
 #[test]
