@@ -623,6 +623,18 @@ fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_ag
             claimed.iter().all(|n| !n.starts_with("held.b")),
             "b was claimed while the goal was not durable: {claimed:?}"
         );
+        // The operator sees why in the status, `workbusctl status` and the metrics.
+        let status = bus.status().expect("status.json");
+        let held = status["goals"][0]["held"].as_str().unwrap_or_default();
+        assert!(
+            held.contains("cannot be made durable") && held.contains("WORKBUS_TEST_FAIL_GOAL_SYNC"),
+            "{status}"
+        );
+        let out = bus.ctl(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("held: cannot be made durable"), "{text}");
+        let metrics = fs::read_to_string(bus.path("metrics.prom")).unwrap();
+        assert!(metrics.contains("workbus_goals_held 1"), "{metrics}");
         // The daemon is not stuck meanwhile: a bad goal is refused at once.
         bus.submit(
             "bad.toml",
@@ -651,6 +663,16 @@ fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_ag
         );
         assert!(bus.path("archive/held/source.toml").exists());
         assert!(bus.path("archive/held/b.1.result.json").exists());
+        wait_for(
+            Duration::from_secs(10),
+            "no goal held in the metrics",
+            || {
+                fs::read_to_string(bus.path("metrics.prom"))
+                    .ok()?
+                    .contains("workbus_goals_held 0")
+                    .then_some(())
+            },
+        );
         if !kill {
             d.wait_log("held: durable after", Duration::from_secs(5));
             assert_eq!(report.tasks["a"].attempts, 1, "a's held result was lost");

@@ -398,6 +398,7 @@ impl Engine {
                     accepted_at: g.goal.accepted_at,
                     counts,
                     tasks,
+                    held: None,
                 }
             })
             .collect();

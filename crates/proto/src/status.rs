@@ -88,6 +88,10 @@ pub struct GoalStatus {
     /// Per task, for goals small enough to list.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<String, TaskStatus>,
+    /// Set while the goal could not be made durable: why, and when it is
+    /// tried again. Until then nothing derived from it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,8 @@ pub(crate) struct GoalSync {
 #[derive(Debug, Default)]
 pub(crate) struct SyncRetry {
     pub failures: u32,
+    /// The last error.
+    pub error: String,
     /// When to write the goal again (None while that attempt's job runs).
     pub at: Option<Instant>,
     /// What the daemon would have done for the goal meanwhile, in order.
@@ -258,6 +260,7 @@ impl Daemon {
                     self.inbox_accepted.remove(&g.name);
                     self.keep_source(&id, &g.name, g.format);
                     if let Some(r) = g.retry {
+                        self.status_dirty = true;
                         tracing::info!(
                             GOAL = id.as_str(),
                             "{id}: durable after {} failed attempts; carrying on with what waited for it",
@@ -272,8 +275,10 @@ impl Daemon {
                     // stop before the goal is.
                     let r = g.retry.get_or_insert_with(SyncRetry::default);
                     r.failures += 1;
+                    r.error = e.to_string();
                     let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
                     r.at = Some(Instant::now() + delay);
+                    self.status_dirty = true;
                     tracing::error!(
                         GOAL = id.as_str(),
                         path = %self.bus.goal_path(&id).display(),
@@ -343,6 +348,7 @@ impl Daemon {
             if let Err(e) = written {
                 let r = g.retry.get_or_insert_with(SyncRetry::default);
                 r.failures += 1;
+                r.error.clone_from(&e);
                 let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
                 r.at = Some(now + delay);
                 tracing::error!(
@@ -361,6 +367,15 @@ impl Daemon {
             }
         }
         self.collect_syncs();
+    }
+
+    /// Why goal `id` is held, for `status.json` (None: it is not).
+    pub(crate) fn held_reason(&self, id: &Id) -> Option<String> {
+        let r = self.goals_syncing.get(id)?.retry.as_ref()?;
+        Some(format!(
+            "cannot be made durable ({} failed attempts, the last: {}); nothing derived from it is written until it is",
+            r.failures, r.error
+        ))
     }
 
     /// Whether everything derived from goal `id` waits (it could not be

@@ -51,7 +51,10 @@ const OUTCOMES: [Outcome; 5] = [
 impl Daemon {
     pub(crate) fn status(&self) -> Status {
         let now = Timestamp::now();
-        let (totals, goals) = self.engine.snapshot(LIST_TASKS_UP_TO);
+        let (totals, mut goals) = self.engine.snapshot(LIST_TASKS_UP_TO);
+        for g in &mut goals {
+            g.held = self.held_reason(&g.id);
+        }
         let workers =
             self.fleet
                 .statuses(|w| self.engine.running_on(w), now, self.cfg.lease_timeout.0);
@@ -132,6 +135,16 @@ impl Daemon {
         );
         let _ = writeln!(m, "# TYPE workbus_goals_in_flight gauge");
         let _ = writeln!(m, "workbus_goals_in_flight {}", s.goals.len());
+        let _ = writeln!(
+            m,
+            "# HELP workbus_goals_held Goals in flight that could not be made durable yet (nothing derived from them is written)."
+        );
+        let _ = writeln!(m, "# TYPE workbus_goals_held gauge");
+        let _ = writeln!(
+            m,
+            "workbus_goals_held {}",
+            s.goals.iter().filter(|g| g.held.is_some()).count()
+        );
         let _ = writeln!(
             m,
             "# HELP workbus_tasks Tasks of goals in flight, by state."

@@ -64,6 +64,9 @@ fn overall(bus: &Bus, json: bool) -> anyhow::Result<ExitCode> {
             g.counts.total(),
             g.counts.running
         );
+        if let Some(h) = &g.held {
+            println!("  {:<24} held: {h}", "");
+        }
     }
     let healthy = status.workers.iter().filter(|w| w.healthy).count();
     println!(
@@ -99,6 +102,9 @@ fn one(bus: &Bus, id: &Id, json: bool) -> anyhow::Result<ExitCode> {
             g.counts.ended(),
             g.counts.total()
         );
+        if let Some(h) = &g.held {
+            println!("  held: {h}");
+        }
         for (task, t) in &g.tasks {
             let mut line = format!("  {task:<20} {:<9} attempt {}", t.state.as_str(), t.attempt);
             if let Some(w) = &t.worker {
