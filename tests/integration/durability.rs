@@ -682,3 +682,71 @@ fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_ag
         drop(d);
     }
 }
+
+/// The results the daemon writes for spawned tasks cannot be made durable
+/// (the test switch fails each commit of them while its file exists). What
+/// depends on them waits: the next task of the chain is not released, the
+/// report is not written. Each failed commit writes the results again as
+/// new files (a second fsync of the old ones could report success for data
+/// the kernel dropped), and once the disk works the goal ends; also after a
+/// kill -9 while they were held.
+#[test]
+fn results_that_cannot_be_made_durable_hold_what_depends_on_them() {
+    let goal = "[[task]]\nid = \"a\"\nneeds = [\"x\"]\n\
+                [[task]]\nid = \"b\"\nneeds = [\"x\"]\nafter = [\"a\"]\n";
+    for kill in [false, true] {
+        let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
+        let switch = bus.dir.path().join("fail-result-sync");
+        fs::write(&switch, b"").unwrap();
+        let switch_env = switch.display().to_string();
+        let env = [("WORKBUS_TEST_FAIL_RESULT_SYNC", switch_env.as_str())];
+        let mut d = Daemon::start(&bus, &env);
+        bus.submit("rs.toml", goal);
+        let a = bus.path("archive/rs/a.1.result.json");
+        let first_inode = wait_for(Duration::from_secs(30), "a's result", || {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&a).ok().map(|m| m.ino())
+        });
+        d.wait_log("cannot make results durable", Duration::from_secs(20));
+        d.wait_log("trying again in 200ms", Duration::from_secs(20));
+        let since = Instant::now();
+        while since.elapsed() < Duration::from_millis(1500) {
+            assert!(
+                !bus.path("reports/rs.json").exists(),
+                "kill = {kill}: the report was written before a's result was durable"
+            );
+            assert!(
+                !d.log_text().contains("rs.b.1 starting"),
+                "kill = {kill}: b ran before a's result was durable"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        {
+            use std::os::unix::fs::MetadataExt;
+            let now = fs::metadata(&a).unwrap().ino();
+            assert_ne!(now, first_inode, "a's result was not written again");
+        }
+        let status = bus.status().expect("status.json");
+        let held = status["goals"][0]["held"].as_str().unwrap_or_default();
+        assert!(held.contains("results cannot be made durable"), "{status}");
+        // Not stuck: a bad goal is refused meanwhile.
+        bus.submit("bad.toml", "[[task]]\nid = \"a\"\nafter = [\"nope\"]\n");
+        bus.wait_rejected("bad.toml");
+        if kill {
+            d.kill9();
+            fs::remove_file(&switch).unwrap();
+            d = Daemon::start(&bus, &env);
+        } else {
+            fs::remove_file(&switch).unwrap();
+        }
+        let report = bus.wait_report("rs", Duration::from_secs(60));
+        assert_eq!(report.outcome, Outcome::Succeeded, "kill = {kill}");
+        assert_eq!(report.tasks["a"].attempts, 1, "kill = {kill}");
+        let a_result = read_json(&a);
+        assert_eq!(a_result["status"], "ok", "kill = {kill}: {a_result}");
+        if !kill {
+            d.wait_log("results are durable after", Duration::from_secs(5));
+        }
+        drop(d);
+    }
+}

@@ -78,6 +78,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     files: Vec<PathBuf>,
+    /// What each file of `files` holds, where a copy was kept: after a
+    /// failed commit the file is written again from it (see `rewrite`).
+    copies: Vec<Option<Vec<u8>>>,
+    /// A test fault switch: the next commit fails with this error.
+    fail_next: Option<String>,
     /// Folders to fsync besides the files' own.
     dirs: Vec<PathBuf>,
     oldest: Option<std::time::Instant>,
@@ -88,6 +93,8 @@ impl WriteBatch {
     pub fn new(durable: bool) -> Self {
         WriteBatch {
             files: Vec::new(),
+            copies: Vec::new(),
+            fail_next: None,
             dirs: Vec::new(),
             oldest: None,
             durable,
@@ -97,16 +104,55 @@ impl WriteBatch {
     /// Writes `dir/name` atomically; durable at [`WriteBatch::commit`].
     pub fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         write_atomic(dir, name, bytes, false)?;
-        self.add(dir.join(name));
+        self.add_copy(dir.join(name), bytes.to_vec());
         Ok(())
     }
 
     /// Adds a file already written to the batch.
     pub fn add(&mut self, path: PathBuf) {
+        self.add_file(path, None);
+    }
+
+    /// Adds a file already written, with a copy of what it holds, so that
+    /// a failed commit can write it again (see [`WriteBatch::rewrite`]).
+    pub fn add_copy(&mut self, path: PathBuf, bytes: Vec<u8>) {
+        self.add_file(path, Some(bytes));
+    }
+
+    fn add_file(&mut self, path: PathBuf, copy: Option<Vec<u8>>) {
         if self.durable {
             self.oldest.get_or_insert_with(std::time::Instant::now);
             self.files.push(path);
+            self.copies.push(copy);
         }
+    }
+
+    /// After a failed commit: writes every file whose copy was kept again,
+    /// as a new file under the same name. A retried fsync of the old one
+    /// proves nothing: after a failed write-back the kernel may have
+    /// dropped its data and reports no error to a later fsync. Files that
+    /// are gone (moved on) are left alone. Returns how many were written.
+    pub fn rewrite(&mut self) -> usize {
+        let mut n = 0;
+        for (path, copy) in self.files.iter().zip(&self.copies) {
+            let (Some(bytes), Some(dir), Some(name)) = (
+                copy,
+                path.parent(),
+                path.file_name().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            if fs::symlink_metadata(path).is_ok() && write_atomic(dir, name, bytes, false).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A test fault switch: the next commit fails with `why`, committing
+    /// nothing.
+    pub fn fail_next_commit(&mut self, why: String) {
+        self.fail_next = Some(why);
     }
 
     /// Adds a folder whose entries are to be made durable (a rename or
@@ -132,6 +178,7 @@ impl WriteBatch {
             self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
         }
         self.files.append(&mut other.files);
+        self.copies.append(&mut other.copies);
         self.dirs.append(&mut other.dirs);
     }
 
@@ -144,6 +191,9 @@ impl WriteBatch {
     /// vanished since (moved on) is skipped: its new folder is the mover's
     /// to sync. An error names the file or folder.
     pub fn commit(&mut self) -> io::Result<()> {
+        if let Some(why) = self.fail_next.take() {
+            return Err(io::Error::other(why));
+        }
         if self.is_empty() {
             return Ok(());
         }
@@ -175,6 +225,7 @@ impl WriteBatch {
             sync_dir(d).map_err(|e| named(d, e))?;
         }
         self.files.clear();
+        self.copies.clear();
         self.dirs.clear();
         self.oldest = None;
         Ok(())
@@ -525,6 +576,35 @@ mod tests {
 
     /// A large batch is synced by several threads; a file that cannot be
     /// synced (here a pipe: EINVAL) fails the whole commit wherever it is.
+    #[test]
+    fn a_failed_batch_keeps_its_files_and_writes_them_again() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut b = WriteBatch::new(true);
+        b.write(d.path(), "a.json", b"{\"a\":1}").unwrap();
+        b.write(d.path(), "moved.json", b"{}").unwrap();
+        write_atomic(d.path(), "plain.json", b"[]", false).unwrap();
+        b.add(d.path().join("plain.json"));
+        let ino = |n: &str| fs::metadata(d.path().join(n)).unwrap().ino();
+        let (a0, plain0) = (ino("a.json"), ino("plain.json"));
+        b.fail_next_commit("test".into());
+        assert_eq!(b.commit().unwrap_err().to_string(), "test");
+        assert_eq!(b.len(), 3, "a failed commit keeps every file");
+        fs::rename(d.path().join("moved.json"), d.path().join("elsewhere.json")).unwrap();
+        // Written again: the files with a copy, not the one without, and
+        // not the one that moved on.
+        assert_eq!(b.rewrite(), 1);
+        assert_ne!(ino("a.json"), a0);
+        assert_eq!(fs::read(d.path().join("a.json")).unwrap(), b"{\"a\":1}");
+        assert_eq!(ino("plain.json"), plain0);
+        assert!(!d.path().join("moved.json").exists());
+        let mut all = WriteBatch::new(true);
+        all.absorb(&mut b);
+        all.commit().unwrap();
+        assert!(all.is_empty());
+        assert_eq!(all.rewrite(), 0, "nothing is left to write once committed");
+    }
+
     #[test]
     fn large_batches_sync_on_threads_and_report_any_failure() {
         let d = tempfile::tempdir().unwrap();

@@ -109,6 +109,9 @@ pub fn options(args: Args) -> anyhow::Result<Options> {
         fail_goal_sync: std::env::var_os("WORKBUS_TEST_FAIL_GOAL_SYNC")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
+        fail_result_sync: std::env::var_os("WORKBUS_TEST_FAIL_RESULT_SYNC")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
     })
 }
 

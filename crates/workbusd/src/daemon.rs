@@ -36,6 +36,24 @@ const UNSYNCED_MAX_AGE: Duration = Duration::from_millis(100);
 /// ...and at least every this many.
 const UNSYNCED_MAX: usize = 256;
 
+/// After a failed commit of results: retried after this, then twice as
+/// long each time, up to `RESULTS_RETRY_MAX`.
+const RESULTS_RETRY_MIN: Duration = Duration::from_millis(100);
+const RESULTS_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Results written by the daemon that could not be made durable: what
+/// depends on them waits until a retry succeeds.
+#[derive(Debug, Default)]
+pub(crate) struct ResultsHold {
+    pub failures: u32,
+    /// The last error.
+    pub error: String,
+    /// When to try again.
+    pub at: Option<Instant>,
+    /// The engine's effects since, in order.
+    held: Vec<Vec<Effect>>,
+}
+
 /// The daemon and everything it owns.
 pub struct Daemon {
     pub(crate) opts: Options,
@@ -77,6 +95,8 @@ pub struct Daemon {
     pub(crate) syncer: Syncer,
     /// The syncer's job holding the last batch of results handed to it.
     last_batch: u64,
+    /// Set while results could not be made durable (see `ResultsHold`).
+    pub(crate) results_hold: Option<ResultsHold>,
     /// Accepted goals not yet durable: the syncer's job, and the dropped
     /// file that leaves the inbox once it is done.
     pub(crate) goals_syncing: HashMap<Id, GoalSync>,
@@ -159,6 +179,7 @@ impl Daemon {
             spawn_results: HashSet::new(),
             unsynced: workbus_bus::WriteBatch::new(true),
             last_batch: 0,
+            results_hold: None,
             archive_dirs: HashSet::new(),
             status_dirty: true,
             last_status: None,
@@ -307,7 +328,12 @@ impl Daemon {
             self.rescan_at.as_ref().map(|(at, _)| *at),
             self.fleet_reload_at,
             self.next_claim_scan,
-            self.unsynced.oldest().map(|t| t + UNSYNCED_MAX_AGE),
+            // (While results are held, their retry timer stands for them.)
+            self.unsynced
+                .oldest()
+                .filter(|_| self.results_hold.is_none())
+                .map(|t| t + UNSYNCED_MAX_AGE),
+            self.results_hold.as_ref().and_then(|h| h.at),
             self.next_goal_sync_retry(),
             self.fleet.next_wake(),
             self.notifier.next_ping(),
@@ -386,6 +412,14 @@ impl Daemon {
             || self.unsynced.len() >= UNSYNCED_MAX
         {
             self.sync_in_background();
+        }
+        if self
+            .results_hold
+            .as_ref()
+            .and_then(|h| h.at)
+            .is_some_and(|t| t <= now)
+        {
+            self.retry_results();
         }
         if self.next_goal_sync_retry().is_some_and(|t| t <= now) {
             self.retry_goal_syncs();
@@ -513,14 +547,18 @@ impl Daemon {
         // Results not yet durable must be before anything derived from them
         // is written: a task released by them, or a goal's report. (Those
         // handed to the fsync thread count until it is done with them.)
-        if (!self.unsynced.is_empty() || !self.syncer.is_done(self.last_batch))
-            && effects.iter().any(|e| match e {
-                Effect::Publish(r) => !r.deps.is_empty(),
-                Effect::Finished(_) => true,
-                _ => false,
-            })
+        // While they cannot be made durable, everything waits in order.
+        if self.results_hold.is_some()
+            || ((!self.unsynced.is_empty() || !self.syncer.is_done(self.last_batch))
+                && effects.iter().any(|e| match e {
+                    Effect::Publish(r) => !r.deps.is_empty(),
+                    Effect::Finished(_) => true,
+                    _ => false,
+                })
+                && !self.make_durable())
         {
-            self.make_durable();
+            self.hold_for_results(effects);
+            return;
         }
         // A task dispatched in the same breath as it is released is written
         // straight into claimed/ rather than published and then claimed. One
@@ -630,26 +668,97 @@ impl Daemon {
     /// Hands the results written so far to the fsync thread (it waits on
     /// the disk, not the event loop).
     fn sync_in_background(&mut self) {
-        if self.unsynced.is_empty() {
+        // While results are held, their retry commits them.
+        if self.unsynced.is_empty() || self.results_hold.is_some() {
             return;
         }
-        let batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
+        let mut batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
+        self.arm_results_fault(&mut batch);
         self.last_batch = self.syncer.submit(Job { batch, wake: false });
     }
 
-    fn commit_here(&mut self) {
-        if let Err(e) = self.unsynced.commit() {
-            tracing::error!("cannot make results durable: {e}; retrying");
+    /// The test fault switch (see [`crate::Options::fail_result_sync`]).
+    fn arm_results_fault(&self, batch: &mut workbus_bus::WriteBatch) {
+        if let Some(switch) = &self.opts.fail_result_sync
+            && switch.exists()
+            && !batch.is_empty()
+        {
+            batch
+                .fail_next_commit("failed by the test switch WORKBUS_TEST_FAIL_RESULT_SYNC".into());
         }
     }
 
-    /// Makes every result written without fsync durable before returning:
-    /// the barrier before anything that depends on them is written.
-    pub(crate) fn make_durable(&mut self) {
+    /// Commits the results not yet durable on the loop. On failure they
+    /// are written again (see `WriteBatch::rewrite`), what depends on them
+    /// waits, and the commit is tried again later.
+    fn commit_here(&mut self) -> bool {
+        let mut batch = std::mem::replace(&mut self.unsynced, workbus_bus::WriteBatch::new(true));
+        self.arm_results_fault(&mut batch);
+        let r = batch.commit();
+        self.unsynced.absorb(&mut batch);
+        let Err(e) = r else {
+            return true;
+        };
+        let written = self.unsynced.rewrite();
+        let h = self.results_hold.get_or_insert_with(ResultsHold::default);
+        h.failures += 1;
+        h.error = e.to_string();
+        let delay = workbus_engine::backoff(RESULTS_RETRY_MIN, RESULTS_RETRY_MAX, h.failures);
+        h.at = Some(Instant::now() + delay);
+        self.status_dirty = true;
+        tracing::error!(
+            "cannot make results durable: {e}; {written} written again; nothing that depends on them is written until they are; trying again in {}",
+            workbus_engine::fmt_duration(delay)
+        );
+        false
+    }
+
+    /// Makes every result written without fsync durable before returning
+    /// true: the barrier before anything that depends on them is written.
+    /// False when they could not be (see `commit_here`).
+    pub(crate) fn make_durable(&mut self) -> bool {
         self.syncer.wait(self.last_batch);
         // A batch the thread could not commit is back in `unsynced`.
         self.collect_syncs();
-        self.commit_here();
+        self.commit_here()
+    }
+
+    /// Keeps `effects` until the results are durable; stopping processes
+    /// and logging do not wait.
+    fn hold_for_results(&mut self, effects: Vec<Effect>) {
+        let mut later = Vec::with_capacity(effects.len());
+        for e in effects {
+            match e {
+                Effect::Kill { key, reason } => self.kill_spawn(&key, &reason),
+                Effect::Note(n) => log_note(&n),
+                e => later.push(e),
+            }
+        }
+        if let Some(h) = self.results_hold.as_mut()
+            && !later.is_empty()
+        {
+            self.status_dirty = true;
+            h.held.push(later);
+        }
+    }
+
+    /// Tries again to make the held results durable; once they are, what
+    /// waited goes on.
+    fn retry_results(&mut self) {
+        if !self.make_durable() {
+            return;
+        }
+        let Some(h) = self.results_hold.take() else {
+            return;
+        };
+        self.status_dirty = true;
+        tracing::info!(
+            "results are durable after {} failed attempts; carrying on with what waited for them",
+            h.failures
+        );
+        for effects in h.held {
+            self.apply(effects);
+        }
     }
 
     /// Carries out the archive moves queued during this loop turn.

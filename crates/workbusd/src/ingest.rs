@@ -290,7 +290,12 @@ impl Daemon {
             }
         }
         for (e, mut batch) in outcomes.into_values().flatten() {
-            tracing::error!("cannot make files durable: {e}; retrying");
+            // Written afresh: a second fsync of the same files could
+            // report success for data the kernel has dropped.
+            let written = batch.rewrite();
+            tracing::error!(
+                "cannot make results durable: {e}; {written} written again, to be made durable with the next batch"
+            );
             self.unsynced.absorb(&mut batch);
         }
         for held in resumed {

@@ -50,6 +50,10 @@ pub struct Options {
     /// the goal wait and be tried again. Set through
     /// `WORKBUS_TEST_FAIL_GOAL_SYNC`; never set in production.
     pub fail_goal_sync: Option<PathBuf>,
+    /// Test-only fault switch: while this file exists, every commit of
+    /// results written by the daemon fails (as on a disk error). Set
+    /// through `WORKBUS_TEST_FAIL_RESULT_SYNC`; never set in production.
+    pub fail_result_sync: Option<PathBuf>,
 }
 
 /// Entry point of the `workbusd` binary.

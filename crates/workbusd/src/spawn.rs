@@ -381,12 +381,14 @@ impl Daemon {
         // on it is written (a released task, the report): see `make_durable`.
         // (Behind other deferred writes it is written durably when its turn comes.)
         let deferred = !self.pending.is_empty();
+        // A copy, to write it again should its fsync fail.
+        let copy = self.cfg.fsync.then(|| bytes.clone());
         if self
             .pending
             .write(&dir, &name, bytes, deferred && self.cfg.fsync)
-            && self.cfg.fsync
+            && let Some(copy) = copy
         {
-            self.unsynced.add(dir.join(&name));
+            self.unsynced.add_copy(dir.join(&name), copy);
         }
         self.apply(rest);
     }

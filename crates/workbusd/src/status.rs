@@ -53,7 +53,14 @@ impl Daemon {
         let now = Timestamp::now();
         let (totals, mut goals) = self.engine.snapshot(LIST_TASKS_UP_TO);
         for g in &mut goals {
-            g.held = self.held_reason(&g.id);
+            g.held = self.held_reason(&g.id).or_else(|| {
+                self.results_hold.as_ref().map(|h| {
+                    format!(
+                        "results cannot be made durable ({} failed attempts, the last: {}); nothing that depends on them is written until they are",
+                        h.failures, h.error
+                    )
+                })
+            });
         }
         let workers =
             self.fleet

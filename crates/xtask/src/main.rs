@@ -254,6 +254,14 @@ fn workbusd_page(cmd: clap::Command) -> anyhow::Result<Vec<u8>> {
                     ],
                     "For tests only, never in production: while FILE exists, making an accepted goal durable fails as on a disk error, so that a test can watch the goal wait, with nothing derived from it written, and be written again. Unset by default.",
                 ),
+                (
+                    vec![
+                        bold("WORKBUS_TEST_FAIL_RESULT_SYNC"),
+                        roman("="),
+                        italic("FILE"),
+                    ],
+                    "For tests only, never in production: while FILE exists, making the results the daemon writes durable fails as on a disk error, so that a test can watch what depends on them wait and the results be written again. Unset by default.",
+                ),
             ],
         );
         tagged(

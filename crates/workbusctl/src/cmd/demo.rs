@@ -95,6 +95,7 @@ pub fn run(dir: Option<PathBuf>, repo: Option<PathBuf>) -> anyhow::Result<ExitCo
         wedge_on_goal: None,
         sync_delay: None,
         fail_goal_sync: None,
+        fail_result_sync: None,
     };
     let daemon = std::thread::spawn(move || {
         workbusd::run_blocking(opts, async {
