@@ -567,6 +567,33 @@ fn a_task_released_by_a_spawn_result_waits_for_its_batch() {
     assert_eq!(report.outcome, Outcome::Succeeded);
 }
 
+/// Creates the file of a test fault switch (the daemon fails the thing
+/// while the file exists): its path, and that path for the variable.
+fn armed_switch(bus: &TestBus, name: &str) -> (std::path::PathBuf, String) {
+    let switch = bus.dir.path().join(name);
+    fs::write(&switch, b"").unwrap();
+    let text = switch.display().to_string();
+    (switch, text)
+}
+
+/// Removes a fault switch; with `kill`, after a kill -9 of the daemon,
+/// which then starts again. Returns the daemon that runs.
+fn lift_switch(
+    d: Daemon,
+    kill: bool,
+    bus: &TestBus,
+    switch: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Daemon {
+    if !kill {
+        fs::remove_file(switch).unwrap();
+        return d;
+    }
+    d.kill9();
+    fs::remove_file(switch).unwrap();
+    Daemon::start(bus, env)
+}
+
 /// Making an accepted goal durable fails (the test switch fails each such
 /// fsync job while its file exists, as a disk error would). The goal is
 /// written again and again with a growing pause; until that succeeds,
@@ -585,9 +612,7 @@ fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_ag
                 [[task]]\nid = \"d\"\nneeds = [\"ext\"]\nafter = [\"c\"]\n";
     for kill in [false, true] {
         let bus = TestBus::with_config(&spawn_worker("w", &["x"], 2), "capability_grace = \"60s\"");
-        let switch = bus.dir.path().join("fail-goal-sync");
-        fs::write(&switch, b"").unwrap();
-        let switch_env = switch.display().to_string();
+        let (switch, switch_env) = armed_switch(&bus, "fail-goal-sync");
         let env = [("WORKBUS_TEST_FAIL_GOAL_SYNC", switch_env.as_str())];
         let mut d = Daemon::start(&bus, &env);
         bus.submit("held.toml", goal);
@@ -645,13 +670,7 @@ fn a_goal_that_cannot_be_made_durable_holds_what_derives_from_it_and_is_tried_ag
             refusal["message"].as_str().unwrap().contains("nope"),
             "{refusal}"
         );
-        if kill {
-            d.kill9();
-            fs::remove_file(&switch).unwrap();
-            d = Daemon::start(&bus, &env);
-        } else {
-            fs::remove_file(&switch).unwrap();
-        }
+        d = lift_switch(d, kill, &bus, &switch, &env);
         answer(&bus, "held", "d", "d done");
         let report = bus.wait_report("held", Duration::from_secs(60));
         assert_eq!(report.outcome, Outcome::Succeeded, "kill = {kill}");
@@ -696,9 +715,7 @@ fn results_that_cannot_be_made_durable_hold_what_depends_on_them() {
                 [[task]]\nid = \"b\"\nneeds = [\"x\"]\nafter = [\"a\"]\n";
     for kill in [false, true] {
         let bus = TestBus::new(&spawn_worker("w", &["x"], 2));
-        let switch = bus.dir.path().join("fail-result-sync");
-        fs::write(&switch, b"").unwrap();
-        let switch_env = switch.display().to_string();
+        let (switch, switch_env) = armed_switch(&bus, "fail-result-sync");
         let env = [("WORKBUS_TEST_FAIL_RESULT_SYNC", switch_env.as_str())];
         let mut d = Daemon::start(&bus, &env);
         bus.submit("rs.toml", goal);
@@ -732,13 +749,7 @@ fn results_that_cannot_be_made_durable_hold_what_depends_on_them() {
         // Not stuck: a bad goal is refused meanwhile.
         bus.submit("bad.toml", "[[task]]\nid = \"a\"\nafter = [\"nope\"]\n");
         bus.wait_rejected("bad.toml");
-        if kill {
-            d.kill9();
-            fs::remove_file(&switch).unwrap();
-            d = Daemon::start(&bus, &env);
-        } else {
-            fs::remove_file(&switch).unwrap();
-        }
+        d = lift_switch(d, kill, &bus, &switch, &env);
         let report = bus.wait_report("rs", Duration::from_secs(60));
         assert_eq!(report.outcome, Outcome::Succeeded, "kill = {kill}");
         assert_eq!(report.tasks["a"].attempts, 1, "kill = {kill}");

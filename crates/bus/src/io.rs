@@ -574,8 +574,6 @@ mod tests {
         assert!(!b.is_empty());
     }
 
-    /// A large batch is synced by several threads; a file that cannot be
-    /// synced (here a pipe: EINVAL) fails the whole commit wherever it is.
     #[test]
     fn a_failed_batch_keeps_its_files_and_writes_them_again() {
         use std::os::unix::fs::MetadataExt;
@@ -605,6 +603,8 @@ mod tests {
         assert_eq!(all.rewrite(), 0, "nothing is left to write once committed");
     }
 
+    /// A large batch is synced by several threads; a file that cannot be
+    /// synced (here a pipe: EINVAL) fails the whole commit wherever it is.
     #[test]
     fn large_batches_sync_on_threads_and_report_any_failure() {
         let d = tempfile::tempdir().unwrap();

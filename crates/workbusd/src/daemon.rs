@@ -36,20 +36,45 @@ const UNSYNCED_MAX_AGE: Duration = Duration::from_millis(100);
 /// ...and at least every this many.
 const UNSYNCED_MAX: usize = 256;
 
-/// After a failed commit of results: retried after this, then twice as
-/// long each time, up to `RESULTS_RETRY_MAX`.
-const RESULTS_RETRY_MIN: Duration = Duration::from_millis(100);
-const RESULTS_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Something that could not be made durable, tried again after 100 ms,
+/// then twice as long each time, up to 30 s.
+#[derive(Debug, Default)]
+pub(crate) struct Retrying {
+    pub failures: u32,
+    /// The last error.
+    pub error: String,
+    /// When to try again (None while a try is under way).
+    pub at: Option<Instant>,
+}
+
+impl Retrying {
+    /// Counts a failure; returns the pause before the next try.
+    pub fn failed(&mut self, error: String) -> Duration {
+        self.failures += 1;
+        self.error = error;
+        let delay = workbus_engine::backoff(
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+            self.failures,
+        );
+        self.at = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// "N failed attempts, the last: ERROR", for the status.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} failed attempts, the last: {}",
+            self.failures, self.error
+        )
+    }
+}
 
 /// Results written by the daemon that could not be made durable: what
 /// depends on them waits until a retry succeeds.
 #[derive(Debug, Default)]
 pub(crate) struct ResultsHold {
-    pub failures: u32,
-    /// The last error.
-    pub error: String,
-    /// When to try again.
-    pub at: Option<Instant>,
+    pub tries: Retrying,
     /// The engine's effects since, in order.
     held: Vec<Vec<Effect>>,
 }
@@ -333,7 +358,7 @@ impl Daemon {
                 .oldest()
                 .filter(|_| self.results_hold.is_none())
                 .map(|t| t + UNSYNCED_MAX_AGE),
-            self.results_hold.as_ref().and_then(|h| h.at),
+            self.results_hold.as_ref().and_then(|h| h.tries.at),
             self.next_goal_sync_retry(),
             self.fleet.next_wake(),
             self.notifier.next_ping(),
@@ -416,7 +441,7 @@ impl Daemon {
         if self
             .results_hold
             .as_ref()
-            .and_then(|h| h.at)
+            .and_then(|h| h.tries.at)
             .is_some_and(|t| t <= now)
         {
             self.retry_results();
@@ -700,11 +725,8 @@ impl Daemon {
             return true;
         };
         let written = self.unsynced.rewrite();
-        let h = self.results_hold.get_or_insert_with(ResultsHold::default);
-        h.failures += 1;
-        h.error = e.to_string();
-        let delay = workbus_engine::backoff(RESULTS_RETRY_MIN, RESULTS_RETRY_MAX, h.failures);
-        h.at = Some(Instant::now() + delay);
+        let hold = self.results_hold.get_or_insert_with(ResultsHold::default);
+        let delay = hold.tries.failed(e.to_string());
         self.status_dirty = true;
         tracing::error!(
             "cannot make results durable: {e}; {written} written again; nothing that depends on them is written until they are; trying again in {}",
@@ -754,7 +776,7 @@ impl Daemon {
         self.status_dirty = true;
         tracing::info!(
             "results are durable after {} failed attempts; carrying on with what waited for them",
-            h.failures
+            h.tries.failures
         );
         for effects in h.held {
             self.apply(effects);

@@ -14,7 +14,7 @@ use workbus_proto::parse::Format;
 use workbus_proto::result::ResultRecord;
 use workbus_proto::{Id, SCHEMA_VERSION, Timestamp};
 
-use crate::daemon::{Daemon, json_bytes};
+use crate::daemon::{Daemon, Retrying, json_bytes};
 use crate::syncer::Job;
 
 /// An accepted goal on its way to being durable.
@@ -33,14 +33,11 @@ pub(crate) struct GoalSync {
     pub retry: Option<SyncRetry>,
 }
 
-/// A goal that could not be made durable: when to try again, and what waits.
+/// A goal that could not be made durable: when to write it again, and
+/// what waits.
 #[derive(Debug, Default)]
 pub(crate) struct SyncRetry {
-    pub failures: u32,
-    /// The last error.
-    pub error: String,
-    /// When to write the goal again (None while that attempt's job runs).
-    pub at: Option<Instant>,
+    pub tries: Retrying,
     /// What the daemon would have done for the goal meanwhile, in order.
     pub held: Vec<Held>,
 }
@@ -53,11 +50,6 @@ pub(crate) enum Held {
     /// A spawn's result, to write into the archive and absorb.
     SpawnResult(AttemptKey, Box<ResultRecord>),
 }
-
-/// The first retry of a goal that could not be made durable comes after
-/// this, then twice as long each time, up to `SYNC_RETRY_MAX`.
-const SYNC_RETRY_MIN: Duration = Duration::from_millis(100);
-const SYNC_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// `rejected/NAME.error.json`: why a file was refused.
 #[derive(Debug, Serialize)]
@@ -246,7 +238,8 @@ impl Daemon {
             .goals_syncing
             .iter()
             .filter(|(_, g)| {
-                g.retry.as_ref().is_none_or(|r| r.at.is_none()) && outcomes.contains_key(&g.job)
+                g.retry.as_ref().is_none_or(|r| r.tries.at.is_none())
+                    && outcomes.contains_key(&g.job)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -264,7 +257,7 @@ impl Daemon {
                         tracing::info!(
                             GOAL = id.as_str(),
                             "{id}: durable after {} failed attempts; carrying on with what waited for it",
-                            r.failures
+                            r.tries.failures
                         );
                         resumed.push(r.held);
                     }
@@ -274,10 +267,7 @@ impl Daemon {
                     // the inbox scan): the durable copy, should the machine
                     // stop before the goal is.
                     let r = g.retry.get_or_insert_with(SyncRetry::default);
-                    r.failures += 1;
-                    r.error = e.to_string();
-                    let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
-                    r.at = Some(Instant::now() + delay);
+                    let delay = r.tries.failed(e.to_string());
                     self.status_dirty = true;
                     tracing::error!(
                         GOAL = id.as_str(),
@@ -312,7 +302,7 @@ impl Daemon {
     pub(crate) fn next_goal_sync_retry(&self) -> Option<Instant> {
         self.goals_syncing
             .values()
-            .filter_map(|g| g.retry.as_ref().and_then(|r| r.at))
+            .filter_map(|g| g.retry.as_ref().and_then(|r| r.tries.at))
             .min()
     }
 
@@ -327,7 +317,7 @@ impl Daemon {
             .filter(|(_, g)| {
                 g.retry
                     .as_ref()
-                    .and_then(|r| r.at)
+                    .and_then(|r| r.tries.at)
                     .is_some_and(|at| at <= now)
             })
             .map(|(id, _)| id.clone())
@@ -352,10 +342,7 @@ impl Daemon {
             };
             if let Err(e) = written {
                 let r = g.retry.get_or_insert_with(SyncRetry::default);
-                r.failures += 1;
-                r.error.clone_from(&e);
-                let delay = workbus_engine::backoff(SYNC_RETRY_MIN, SYNC_RETRY_MAX, r.failures);
-                r.at = Some(now + delay);
+                let delay = r.tries.failed(e.clone());
                 tracing::error!(
                     GOAL = id.as_str(),
                     "cannot write goal {id} again: {e}; trying again in {}",
@@ -367,7 +354,7 @@ impl Daemon {
             if let Some(g) = self.goals_syncing.get_mut(&id) {
                 g.job = job;
                 if let Some(r) = g.retry.as_mut() {
-                    r.at = None;
+                    r.tries.at = None;
                 }
             }
         }
@@ -378,8 +365,8 @@ impl Daemon {
     pub(crate) fn held_reason(&self, id: &Id) -> Option<String> {
         let r = self.goals_syncing.get(id)?.retry.as_ref()?;
         Some(format!(
-            "cannot be made durable ({} failed attempts, the last: {}); nothing derived from it is written until it is",
-            r.failures, r.error
+            "cannot be made durable ({}); nothing derived from it is written until it is",
+            r.tries.summary()
         ))
     }
 

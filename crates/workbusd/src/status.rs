@@ -56,8 +56,8 @@ impl Daemon {
             g.held = self.held_reason(&g.id).or_else(|| {
                 self.results_hold.as_ref().map(|h| {
                     format!(
-                        "results cannot be made durable ({} failed attempts, the last: {}); nothing that depends on them is written until they are",
-                        h.failures, h.error
+                        "results cannot be made durable ({}); nothing that depends on them is written until they are",
+                        h.tries.summary()
                     )
                 })
             });
