@@ -88,8 +88,9 @@ pub struct GoalStatus {
     /// Per task, for goals small enough to list.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<String, TaskStatus>,
-    /// Set while the goal could not be made durable: why, and when it is
-    /// tried again. Until then nothing derived from it is written.
+    /// Set while the goal, or results the daemon wrote, could not be made
+    /// durable: why. Until they are, nothing that depends on them is
+    /// written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
 }

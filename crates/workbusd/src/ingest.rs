@@ -284,7 +284,7 @@ impl Daemon {
             // report success for data the kernel has dropped.
             let written = batch.rewrite();
             tracing::error!(
-                "cannot make results durable: {e}; {written} written again, to be made durable with the next batch"
+                "cannot make files durable: {e}; {written} written again, to be made durable with the next batch"
             );
             self.unsynced.absorb(&mut batch);
         }

@@ -144,7 +144,7 @@ impl Daemon {
         let _ = writeln!(m, "workbus_goals_in_flight {}", s.goals.len());
         let _ = writeln!(
             m,
-            "# HELP workbus_goals_held Goals in flight that could not be made durable yet (nothing derived from them is written)."
+            "# HELP workbus_goals_held Goals in flight that wait because they, or results written for them, could not be made durable yet."
         );
         let _ = writeln!(m, "# TYPE workbus_goals_held gauge");
         let _ = writeln!(
