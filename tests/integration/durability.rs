@@ -761,3 +761,55 @@ fn results_that_cannot_be_made_durable_hold_what_depends_on_them() {
         drop(d);
     }
 }
+
+/// A layered goal of 204 spawned tasks while both fault switches (the
+/// goal's fsync, the results' fsyncs) turn on and off at random moments:
+/// what waits goes on in order each time, and the goal ends with every
+/// task run once and its own output.
+#[test]
+fn fsyncs_failing_on_and_off_lose_and_repeat_nothing() {
+    let mut rng = Rng(0x5eed_f00d);
+    let bus = TestBus::with_config(&spawn_worker("w", &["x"], 3), "log_level = \"info\"\n");
+    let (goal_switch, goal_env) = armed_switch(&bus, "fail-goal-sync");
+    let (result_switch, result_env) = armed_switch(&bus, "fail-result-sync");
+    let env = [
+        ("WORKBUS_TEST_FAIL_GOAL_SYNC", goal_env.as_str()),
+        ("WORKBUS_TEST_FAIL_RESULT_SYNC", result_env.as_str()),
+    ];
+    let d = Daemon::start(&bus, &env);
+    let (goal, n) = layered_goal("flaky", &mut rng);
+    bus.submit("flaky.toml", &goal);
+    d.wait_log("cannot make goal flaky durable", Duration::from_secs(20));
+    let t0 = Instant::now();
+    while bus.report("flaky").is_none() && t0.elapsed() < Duration::from_secs(8) {
+        for switch in [&goal_switch, &result_switch] {
+            if rng.below(2) == 0 {
+                let _ = fs::remove_file(switch);
+            } else {
+                fs::write(switch, b"").unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+    }
+    let _ = fs::remove_file(&goal_switch);
+    let _ = fs::remove_file(&result_switch);
+    let r = bus.wait_report("flaky", Duration::from_secs(120));
+    let log = d.log_text();
+    assert!(
+        log.contains("WORKBUS_TEST_FAIL_RESULT_SYNC; "),
+        "the results' switch never took effect"
+    );
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r.tasks.len(), n);
+    for (id, t) in &r.tasks {
+        assert_eq!(t.attempts, 1, "task {id} ran again");
+        assert_eq!(
+            t.output,
+            Some(serde_json::json!(format!("{id} done"))),
+            "task {id}"
+        );
+    }
+    assert!(!bus.path("inbox/flaky.toml").exists());
+    d.stop();
+    assert!(assert_whole_records(&bus.root) > 0);
+}
