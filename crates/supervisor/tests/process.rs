@@ -155,3 +155,61 @@ async fn a_missing_program_is_a_clear_error() {
     let e = spec.start().unwrap_err();
     assert!(e.to_string().contains("/nonexistent/worker"), "{e}");
 }
+
+#[tokio::test]
+async fn stdin_from_a_file_a_program_on_path_and_sigpipe_at_its_default() {
+    let file = std::env::temp_dir().join(format!("wb-stdin-test-{}", std::process::id()));
+    std::fs::write(&file, b"the task record\n").unwrap();
+    // No slash: found on PATH. The daemon ignores SIGPIPE; its workers must
+    // not inherit that (a worker writing to a closed pipe would loop on EPIPE
+    // instead of dying), so bit 12 of SigIgn (SIGPIPE, 13) must be clear.
+    let spec = Spec {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            "cat; grep ^SigIgn /proc/self/status; cut -d' ' -f5 /proc/$$/stat".into(),
+        ],
+        stdin: workbus_supervisor::Input::File(file.clone()),
+        stdout_cap: 1 << 20,
+        ..Spec::default()
+    };
+    let running = spec.start().unwrap();
+    let pid = running.pid;
+    let (_tx, rx) = oneshot::channel();
+    let exit = running
+        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+        .await
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let out = String::from_utf8(exit.stdout).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("the task record"));
+    let ign = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let ign = u64::from_str_radix(&ign, 16).unwrap();
+    assert_eq!(ign & (1 << 12), 0, "SIGPIPE ignored in the worker: {out}");
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some(pid.to_string().as_str()),
+        "the worker leads its own process group"
+    );
+}
+
+#[tokio::test]
+async fn a_process_killed_by_a_signal_says_so() {
+    let (_tx, rx) = oneshot::channel();
+    let exit = sh("kill -USR1 $$")
+        .start()
+        .unwrap()
+        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(exit.status, ExitStatus::Signal(10));
+    assert!(exit.stopped.is_none());
+}
