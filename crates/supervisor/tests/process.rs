@@ -16,6 +16,16 @@ fn sh(script: &str) -> Spec {
     }
 }
 
+/// Waits for a started process to end, with nobody stopping it and its
+/// lines going nowhere.
+async fn finish(running: workbus_supervisor::Running) -> workbus_supervisor::Exit {
+    let (_tx, rx) = oneshot::channel();
+    running
+        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+        .await
+        .unwrap()
+}
+
 fn group_alive(pgid: u32) -> Vec<u32> {
     let mut alive = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -74,13 +84,7 @@ async fn caps_stdout_and_keeps_the_end_of_stderr() {
         "head -c 5000 /dev/zero; i=0; while [ $i -lt 100 ]; do echo line$i >&2; i=$((i+1)); done",
     );
     spec.stdout_cap = 1000;
-    let (_tx, rx) = oneshot::channel();
-    let exit = spec
-        .start()
-        .unwrap()
-        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let exit = finish(spec.start().unwrap()).await;
     assert_eq!(exit.stdout.len(), 1000);
     assert!(exit.stdout_overflow);
     assert!(
@@ -133,11 +137,7 @@ async fn a_normal_exit_takes_stragglers_with_it() {
     let spec = sh("sleep 1000 & echo started");
     let running = spec.start().unwrap();
     let pgid = running.pid;
-    let (_tx, rx) = oneshot::channel();
-    let exit = running
-        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let exit = finish(running).await;
     assert!(exit.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !group_alive(pgid).is_empty() {
@@ -175,11 +175,7 @@ async fn stdin_from_a_file_a_program_on_path_and_sigpipe_at_its_default() {
     };
     let running = spec.start().unwrap();
     let pid = running.pid;
-    let (_tx, rx) = oneshot::channel();
-    let exit = running
-        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let exit = finish(running).await;
     std::fs::remove_file(&file).unwrap();
     assert!(exit.success(), "{exit:?}");
     let out = String::from_utf8(exit.stdout).unwrap();
@@ -203,13 +199,7 @@ async fn stdin_from_a_file_a_program_on_path_and_sigpipe_at_its_default() {
 
 #[tokio::test]
 async fn a_process_killed_by_a_signal_says_so() {
-    let (_tx, rx) = oneshot::channel();
-    let exit = sh("kill -USR1 $$")
-        .start()
-        .unwrap()
-        .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let exit = finish(sh("kill -USR1 $$").start().unwrap()).await;
     assert_eq!(exit.status, ExitStatus::Signal(10));
     assert!(exit.stopped.is_none());
 }
