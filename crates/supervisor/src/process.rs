@@ -560,12 +560,18 @@ async fn drain<R: AsyncRead + Unpin>(
     let mut kept: VecDeque<u8> = VecDeque::new();
     let mut overflow = false;
     let mut line: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small at first (most task processes write little or nothing, and a
+    // large buffer for each of them kept the allocator busy), four times
+    // larger after each read that fills it, up to 16 KiB.
+    let mut buf = vec![0u8; 256];
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if n == buf.len() && buf.len() < 16 * 1024 {
+            buf.resize(buf.len() * 4, 0);
+        }
         let chunk = &buf[..n];
         if tail {
             kept.extend(chunk);
