@@ -1023,7 +1023,6 @@ impl Daemon {
     }
 }
 
-/// `rename`, where a missing source is fine.
 /// The goal an effect derives from, for those that wait while it cannot be
 /// made durable (stopping a process and logging do not).
 fn held_goal(e: &Effect) -> Option<&Id> {
@@ -1044,6 +1043,7 @@ fn writes_derived(e: &Effect) -> bool {
     matches!(e, Effect::WriteResult { .. } | Effect::Finished(_))
 }
 
+/// `rename`, where a missing source is fine.
 fn rename_if_there(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -150,12 +150,10 @@ impl Daemon {
         // workers start on them, then the dropped file leaves the inbox. A
         // crash before the last step leaves the file in the inbox; recovery
         // finds it is this accepted goal and finishes the move.
-        let goals = self.bus.dir(Folder::Goals);
-        let file = format!("{}.json", goal.id);
         // Compact: a goal of many tasks would double in size pretty-printed.
         let bytes = serde_json::to_vec(&goal).unwrap_or_default();
-        if let Err(e) = workbus_bus::write_atomic(&goals, &file, &bytes, false) {
-            tracing::error!(path = %goals.display(), "cannot accept goal {}: {e}; it stays in the inbox and is retried", goal.id);
+        if let Err(e) = write_goal_file(&self.bus, &goal.id, &bytes) {
+            tracing::error!(path = %self.bus.dir(Folder::Goals).display(), "cannot accept goal {}: {e}; it stays in the inbox and is retried", goal.id);
             self.rescan_later(Folder::Inbox, Duration::from_secs(1));
             return;
         }
@@ -331,13 +329,7 @@ impl Daemon {
                 g.bytes = read_capped(&path, u64::MAX).ok();
             }
             let written = match &g.bytes {
-                Some(b) => workbus_bus::write_atomic(
-                    &self.bus.dir(Folder::Goals),
-                    &format!("{id}.json"),
-                    b,
-                    false,
-                )
-                .map_err(|e| e.to_string()),
+                Some(b) => write_goal_file(&self.bus, &id, b).map_err(|e| e.to_string()),
                 None => Err(format!("cannot read {} back", path.display())),
             };
             if let Err(e) = written {
@@ -524,4 +516,10 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Writes `goals/<id>.json` (not yet durable: see
+/// [`Daemon::make_goal_durable`]).
+fn write_goal_file(bus: &workbus_bus::Bus, id: &Id, bytes: &[u8]) -> std::io::Result<()> {
+    workbus_bus::write_atomic(&bus.dir(Folder::Goals), &format!("{id}.json"), bytes, false)
 }
