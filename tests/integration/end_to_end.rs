@@ -522,6 +522,37 @@ input = { fail = "first time unlucky", fail_until = 2 }
 }
 
 #[test]
+fn a_spawn_worker_whose_program_cannot_start_fails_its_task_with_the_reason() {
+    let bus = TestBus::new(
+        "[[worker]]\nname = \"gone\"\ncapabilities = [\"x\"]\ncommand = [\"/nonexistent/agent\", \"{{ prompt }}\"]\n",
+    );
+    let _d = bus.start();
+    bus.submit(
+        "nostart.toml",
+        "[[task]]\nid = \"a\"\nneeds = [\"x\"]\nretries = 1\n",
+    );
+    let r = bus.wait_report("nostart", Duration::from_secs(30));
+    assert_eq!(r.outcome, Outcome::Failed);
+    let a = &r.tasks["a"];
+    assert_eq!((a.state, a.attempts), (TaskStateName::Failed, 2));
+    let reason = a.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("/nonexistent/agent") && reason.contains("No such file"),
+        "{reason}"
+    );
+    // Each attempt's result says so too.
+    let second = bus.json("archive/nostart/a.2.result.json");
+    assert_eq!(second["status"], "error");
+    assert!(
+        second["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/agent"),
+        "{second}"
+    );
+}
+
+#[test]
 fn a_worker_past_its_timeout_is_killed_with_its_children() {
     let bus = TestBus::new(&spawn_worker("w", &["x"], 1));
     let _d = bus.start();

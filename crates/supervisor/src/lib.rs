@@ -6,6 +6,11 @@
 //! thread that started it dies (`PR_SET_PDEATHSIG`).
 
 mod backoff;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod launch;
 mod process;
 mod user;
 

@@ -202,13 +202,33 @@ struct Direct {
     /// than 5.3, or out of descriptors) the process is polled every 10 ms.
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<std::process::ExitStatus>,
+    /// Started by a clone that shares the daemon's memory until its exec:
+    /// its arguments and stack, kept until it has ended.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    launched: Option<crate::launch::Launched>,
+    /// Why its exec failed, once it has ended.
+    exec_error: Option<i32>,
+    program: String,
 }
 
 impl Direct {
     async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
         loop {
             if let Some(s) = self.status {
-                return Ok(s);
+                return match self.exec_error {
+                    Some(errno) => Err(io::Error::new(
+                        io::Error::from_raw_os_error(errno).kind(),
+                        format!(
+                            "starting {:?}: {}",
+                            self.program,
+                            io::Error::from_raw_os_error(errno)
+                        ),
+                    )),
+                    None => Ok(s),
+                };
             }
             if let Some(fd) = &self.pidfd {
                 // Cleared before the reap: an end after it makes the pidfd
@@ -232,6 +252,15 @@ impl Direct {
                 )),
                 _ => None,
             };
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ))]
+            if self.status.is_some()
+                && let Some(launched) = self.launched.take()
+            {
+                self.exec_error = launched.exec_error();
+            }
         }
         Ok(self.status)
     }
@@ -243,7 +272,20 @@ impl Drop for Direct {
     fn drop(&mut self) {
         if matches!(self.reap(), Ok(None)) {
             let pid = self.pid;
-            std::thread::spawn(move || nix::sys::wait::waitpid(pid, None));
+            // What the process may still read goes only once it has ended.
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ))]
+            let launched = self.launched.take();
+            std::thread::spawn(move || {
+                let _ = nix::sys::wait::waitpid(pid, None);
+                #[cfg(all(
+                    target_os = "linux",
+                    any(target_arch = "x86_64", target_arch = "aarch64")
+                ))]
+                drop(launched);
+            });
         }
     }
 }
@@ -266,15 +308,31 @@ fn pidfd_open(pid: Pid) -> io::Result<AsyncFd<OwnedFd>> {
 impl Spec {
     /// Starts the process in a new process group.
     pub fn start(&self) -> io::Result<Running> {
-        let direct = self.identity.is_none()
-            && !self.die_with_daemon
-            && self.cwd.is_none()
-            && !matches!(self.stdin, Input::Bytes(_))
-            && (self.program.contains('/') || !self.env.iter().any(|(k, _)| k == "PATH"));
-        if direct {
+        if self.direct() {
             return self.spawn_direct();
         }
         self.start_command()
+    }
+
+    /// Whether [`Spec::start`] returns without waiting for the process to
+    /// exec (and so may be called on an event loop's thread).
+    pub fn starts_at_once(&self) -> bool {
+        #[cfg(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ))]
+        return self.direct() && crate::launch::available();
+        #[allow(unreachable_code)]
+        false
+    }
+
+    /// Whether the process can start without tokio's `Command`.
+    fn direct(&self) -> bool {
+        self.identity.is_none()
+            && !self.die_with_daemon
+            && self.cwd.is_none()
+            && !matches!(self.stdin, Input::Bytes(_))
+            && (self.program.contains('/') || !self.env.iter().any(|(k, _)| k == "PATH"))
     }
 
     /// Starts the process with tokio's `Command`.
@@ -363,11 +421,11 @@ impl Spec {
         })
     }
 
-    /// Starts the process with `posix_spawn` and the environment built once
-    /// ([`base_env`]): what tokio's `Command` does, without reading and
-    /// sorting the daemon's environment for every process.
+    /// Starts the process without a shell or tokio's `Command`, with the
+    /// environment built once ([`base_env`]): by a clone that does not wait
+    /// for the exec ([`crate::launch`]) where there is one, else with
+    /// `posix_spawn`.
     fn spawn_direct(&self) -> io::Result<Running> {
-        use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
         let started = Instant::now();
         let stdin = match &self.stdin {
             Input::File(path) => std::fs::File::open(path)?,
@@ -378,24 +436,10 @@ impl Spec {
         let fds = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         if fds.iter().any(|fd| *fd <= 2) {
             // The daemon runs without a standard descriptor, so one of these
-            // took its number: the dup2s below could overwrite each other.
+            // took its number: the dup2s in the child could overwrite each
+            // other.
             return self.start_command();
         }
-        let mut actions = PosixSpawnFileActions::init()?;
-        for (fd, to) in fds.iter().zip(0..) {
-            actions.add_dup2(*fd, to)?;
-        }
-        let mut attr = PosixSpawnAttr::init()?;
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-        )?;
-        attr.set_pgroup(Pid::from_raw(0))?;
-        attr.set_sigmask(&SigSet::empty())?;
-        // The daemon ignores SIGPIPE (as every Rust program does); its
-        // workers get the default.
-        attr.set_sigdefault(&SigSet::from(Signal::SIGPIPE))?;
         let program = c_string(&self.program)?;
         let mut args = Vec::with_capacity(self.args.len() + 1);
         args.push(program.clone());
@@ -411,27 +455,125 @@ impl Spec {
             .filter(|(i, (k, _))| !self.env[i + 1..].iter().any(|(k2, _)| k2 == k))
             .map(|(_, (k, v))| c_string(&format!("{k}={v}")))
             .collect::<io::Result<_>>()?;
-        let mut envp: Vec<&CStr> = base_env()
+        let base: Vec<&'static CStr> = base_env()
             .iter()
             .filter(|(k, _)| !self.env.iter().any(|(k2, _)| k == k2.as_str()))
             .map(|(_, kv)| kv.as_c_str())
             .collect();
+        let starting =
+            |e: io::Error| io::Error::new(e.kind(), format!("starting {:?}: {e}", self.program));
+        #[cfg(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ))]
+        if crate::launch::available() {
+            return match crate::launch::launch(self.exec_paths()?, args, &base, own, fds) {
+                Ok((launched, pidfd)) => {
+                    drop((stdin, out_w, err_w));
+                    let pid = Pid::from_raw(launched.pid);
+                    // SAFETY: the AsyncFd owns the OwnedFd, which keeps the
+                    // descriptor open and unchanged until both are dropped.
+                    let pidfd =
+                        unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
+                    let child = Direct {
+                        pid,
+                        pidfd: pidfd.ok(),
+                        status: None,
+                        launched: Some(launched),
+                        exec_error: None,
+                        program: self.program.clone(),
+                    };
+                    self.running(pid, child, out_r, err_r, started)
+                }
+                Err(e) if crate::launch::available() => Err(starting(e)),
+                // No CLONE_PIDFD on this kernel: posix_spawn from now on.
+                Err(_) => self.spawn_direct(),
+            };
+        }
+        let mut envp = base;
         envp.extend(own.iter().map(|c| c.as_c_str()));
-        let spawned = if self.program.contains('/') {
-            nix::spawn::posix_spawn(program.as_c_str(), &actions, &attr, &args, &envp)
-        } else {
-            nix::spawn::posix_spawnp(&program, &actions, &attr, &args, &envp)
-        };
-        let pid = spawned.map_err(|e| {
-            let e = io::Error::from(e);
-            io::Error::new(e.kind(), format!("starting {:?}: {e}", self.program))
-        })?;
+        let pid = self
+            .posix_spawn(&program, &args, &envp, fds)
+            .map_err(starting)?;
         drop((stdin, out_w, err_w));
         let child = Direct {
             pid,
             pidfd: pidfd_open(pid).ok(),
             status: None,
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ))]
+            launched: None,
+            exec_error: None,
+            program: self.program.clone(),
         };
+        self.running(pid, child, out_r, err_r, started)
+    }
+
+    /// `posix_spawn` (or `posix_spawnp`) with `fds` as stdin, stdout and
+    /// stderr, in a new process group, SIGPIPE at its default.
+    fn posix_spawn(
+        &self,
+        program: &CStr,
+        args: &[CString],
+        envp: &[&CStr],
+        fds: [RawFd; 3],
+    ) -> io::Result<Pid> {
+        use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+        let mut actions = PosixSpawnFileActions::init()?;
+        for (fd, to) in fds.iter().zip(0..) {
+            actions.add_dup2(*fd, to)?;
+        }
+        let mut attr = PosixSpawnAttr::init()?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+        )?;
+        attr.set_pgroup(Pid::from_raw(0))?;
+        attr.set_sigmask(&SigSet::empty())?;
+        // The daemon ignores SIGPIPE (as every Rust program does); its
+        // workers get the default.
+        attr.set_sigdefault(&SigSet::from(Signal::SIGPIPE))?;
+        let pid = if self.program.contains('/') {
+            nix::spawn::posix_spawn(program, &actions, &attr, args, envp)
+        } else {
+            nix::spawn::posix_spawnp(program, &actions, &attr, args, envp)
+        };
+        Ok(pid?)
+    }
+
+    /// The paths to exec, in order: the program itself when it names a
+    /// path, else the program in each folder of the daemon's `PATH` (as
+    /// `execvp` searches).
+    fn exec_paths(&self) -> io::Result<Vec<CString>> {
+        if self.program.contains('/') {
+            return Ok(vec![c_string(&self.program)?]);
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        path.as_bytes()
+            .split(|b| *b == b':')
+            .map(|dir| {
+                let mut p = dir.to_vec();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(self.program.as_bytes());
+                CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            })
+            .collect()
+    }
+
+    /// The started process, its output pipes on the runtime.
+    fn running(
+        &self,
+        pid: Pid,
+        child: Direct,
+        out_r: OwnedFd,
+        err_r: OwnedFd,
+        started: Instant,
+    ) -> io::Result<Running> {
         let pipes = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
             .and_then(|out| Ok((out, tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?)));
         let (out, err) = match pipes {

@@ -146,14 +146,139 @@ async fn a_normal_exit_takes_stragglers_with_it() {
     }
 }
 
+/// The error of starting `spec`: from `start`, or (where the exec happens
+/// after `start` has returned) from `wait`.
+async fn start_error(spec: Spec) -> std::io::Error {
+    match spec.start() {
+        Err(e) => e,
+        Ok(running) => {
+            let (_tx, rx) = oneshot::channel();
+            running
+                .wait(Arc::new(|_, _| {}), rx, Duration::from_secs(1))
+                .await
+                .unwrap_err()
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_missing_program_is_a_clear_error() {
-    let spec = Spec {
+async fn a_program_that_cannot_be_run_is_a_clear_error() {
+    let missing = start_error(Spec {
         program: "/nonexistent/worker".into(),
         ..Spec::default()
+    })
+    .await;
+    assert!(
+        missing.to_string().contains("/nonexistent/worker"),
+        "{missing}"
+    );
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "{missing}");
+    // Not on PATH either.
+    let unknown = start_error(Spec {
+        program: "wb-no-such-program".into(),
+        ..Spec::default()
+    })
+    .await;
+    assert!(
+        unknown.to_string().contains("wb-no-such-program"),
+        "{unknown}"
+    );
+    assert_eq!(unknown.kind(), std::io::ErrorKind::NotFound, "{unknown}");
+    // A file that is not executable.
+    let file = std::env::temp_dir().join(format!("wb-not-exec-{}", std::process::id()));
+    std::fs::write(&file, b"#!/bin/sh\n").unwrap();
+    let denied = start_error(Spec {
+        program: file.display().to_string(),
+        ..Spec::default()
+    })
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
+}
+
+#[tokio::test]
+async fn signals_a_worker_starts_with() {
+    // The daemon's own dispositions: SIGUSR2 ignored (a worker inherits
+    // that, as with posix_spawn), SIGPIPE ignored (a worker gets the
+    // default), SIGUSR1 and SIGHUP caught (reset to the default by the exec).
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    extern "C" fn nothing(_: i32) {}
+    // SAFETY: the handler does nothing; SIG_IGN is always sound.
+    unsafe {
+        let caught = SigAction::new(
+            SigHandler::Handler(nothing),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        sigaction(Signal::SIGUSR1, &caught).unwrap();
+        sigaction(Signal::SIGHUP, &caught).unwrap();
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        sigaction(Signal::SIGUSR2, &ignore).unwrap();
+        sigaction(Signal::SIGPIPE, &ignore).unwrap();
+    }
+    let exit = finish(
+        sh("grep -E '^Sig(Blk|Ign|Cgt)' /proc/self/status")
+            .start()
+            .unwrap(),
+    )
+    .await;
+    let out = String::from_utf8(exit.stdout).unwrap();
+    let field = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
     };
-    let e = spec.start().unwrap_err();
-    assert!(e.to_string().contains("/nonexistent/worker"), "{e}");
+    assert_eq!(field("SigBlk:"), 0, "nothing blocked: {out}");
+    let ign = field("SigIgn:");
+    assert_ne!(ign & (1 << 11), 0, "SIGUSR2 stays ignored: {out}");
+    assert_eq!(ign & (1 << 12), 0, "SIGPIPE at its default: {out}");
+    assert_eq!(ign & (1 << 9), 0, "SIGUSR1 not ignored: {out}");
+    // Whatever sh itself catches, the daemon's handlers are gone: a SIGUSR1
+    // kills the worker.
+    let exit = finish(sh("kill -USR1 $$; sleep 5").start().unwrap()).await;
+    assert_eq!(exit.status, ExitStatus::Signal(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_started_at_once_all_run_and_end() {
+    // Starts from several threads at once, each process writing its own
+    // argument and environment back: none may see another's.
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..240 {
+        all.spawn(async move {
+            let mut spec = sh("echo \"$0 $WB_N\"");
+            spec.args.push(format!("arg{i}"));
+            spec.env = vec![("WB_N".into(), format!("n{i}"))];
+            let exit = finish(spec.start().unwrap()).await;
+            assert!(exit.success(), "{exit:?}");
+            assert_eq!(
+                String::from_utf8(exit.stdout).unwrap(),
+                format!("arg{i} n{i}\n")
+            );
+        });
+        if i % 8 == 7 {
+            tokio::task::yield_now().await;
+        }
+    }
+    while let Some(r) = all.join_next().await {
+        r.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_process_nobody_waits_for_is_reaped() {
+    let running = sh("sleep 0.2").start().unwrap();
+    let pid = running.pid;
+    drop(running);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Gone from /proc once reaped (a zombie stays until then).
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "{pid} not reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

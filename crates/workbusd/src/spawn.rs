@@ -185,12 +185,19 @@ impl Daemon {
         let tx = self.tx.clone();
         let grace = self.cfg.kill_grace.0;
         tokio::spawn(async move {
-            // posix_spawn blocks its caller until the child has exec'd: that
+            // Started here when that does not wait for the exec; otherwise
+            // (posix_spawn, or a fork for a change of user or folder) the
             // wait happens on a blocking thread, not in the event loop.
-            let exit = match tokio::task::spawn_blocking(move || proc_spec.start()).await {
-                Ok(Ok(running)) => running.wait(sink, stop_rx, grace).await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(io::Error::other(e.to_string())),
+            let started = if proc_spec.starts_at_once() {
+                proc_spec.start()
+            } else {
+                tokio::task::spawn_blocking(move || proc_spec.start())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+            };
+            let exit = match started {
+                Ok(running) => running.wait(sink, stop_rx, grace).await,
+                Err(e) => Err(e),
             };
             let _ = tx.send(Event::SpawnExited { key, worker, exit });
         });
