@@ -15,8 +15,12 @@ use workbus_proto::ParseError;
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn tmp_name(dir: &Path, name: &str) -> PathBuf {
+    // The pid, asked of the kernel once (the daemon never forks without an
+    // exec).
+    static PID: OnceLock<u32> = OnceLock::new();
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    let pid = PID.get_or_init(std::process::id);
+    dir.join(format!(".{name}.{pid}.{n}.tmp"))
 }
 
 /// Writes `bytes` to `dir/name` so that no reader ever sees part of it:

@@ -16,18 +16,18 @@
 //! signal blocked (the caller blocks them around the clone), resets every
 //! signal the daemon catches (and SIGPIPE, which it ignores) to its default
 //! before it unblocks them, moves its descriptors into place, leads a process
-//! group of its own and execs. Should the exec fail, it writes the error
-//! number into a pipe and exits with 127; the error is read when the process
-//! is reaped. The kernel hands back a pidfd from the clone itself.
+//! group of its own and execs. Should the exec fail, it leaves the error
+//! number in [`ChildArgs`] and exits with 127; the error is read when the
+//! process is reaped. The kernel hands back a pidfd from the clone itself.
 //!
 //! Built for x86-64 and AArch64 Linux; elsewhere, and on kernels without
 //! `CLONE_PIDFD` (before 5.2), the caller uses `posix_spawn`.
 
 use std::ffi::{CStr, CString, c_int, c_long, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The child's stack: small, since the child only resets its signals,
 /// moves three descriptors and execs; the lowest page is a guard.
@@ -54,8 +54,9 @@ struct ChildArgs {
     envp: Vec<*const libc::c_char>,
     /// Become descriptors 0, 1 and 2.
     fds: [c_int; 3],
-    /// Write end of the pipe that carries an exec error.
-    err_fd: c_int,
+    /// Where the child leaves the error number of a failed exec (it shares
+    /// this memory) before it exits.
+    exec_errno: AtomicI32,
 }
 
 /// A child started by [`launch`]: what it may still read (its arguments and
@@ -64,27 +65,25 @@ struct ChildArgs {
 #[derive(Debug)]
 pub(crate) struct Launched {
     pub pid: libc::pid_t,
-    err_r: OwnedFd,
-    _args: Box<ChildArgs>,
+    args: Box<ChildArgs>,
     _strings: [Vec<CString>; 3],
     _stack: Stack,
 }
 
-// SAFETY: the raw pointers in `_args` point into `_strings` (a CString's
+// SAFETY: the raw pointers in `args` point into `_strings` (a CString's
 // bytes stay where they are when it moves) or into strings that live as
 // long as the program; none of them is ever written through.
 unsafe impl Send for Launched {}
 
 impl Launched {
-    /// The exec's error number, once the process has ended: None when it
-    /// exec'd.
+    /// The exec's error number, once the process has been reaped: None when
+    /// it exec'd.
     pub(crate) fn exec_error(&self) -> Option<i32> {
-        let mut errno = [0u8; 4];
-        // Non-blocking: four bytes if the exec failed; nothing (EOF, or
-        // EAGAIN while another new process still holds a copy of the write
-        // end before its own exec) if it did not.
-        let n = nix::unistd::read(&self.err_r, &mut errno).unwrap_or(0);
-        (n == 4).then(|| i32::from_ne_bytes(errno))
+        // The child stored it before it exited, and the reap came after.
+        match self.args.exec_errno.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
     }
 }
 
@@ -99,8 +98,6 @@ pub(crate) fn launch(
     env_own: Vec<CString>,
     fds: [RawFd; 3],
 ) -> io::Result<(Launched, OwnedFd)> {
-    use nix::fcntl::OFlag;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     let nul = std::ptr::null::<libc::c_char>();
     let args = Box::new(ChildArgs {
         paths: paths.iter().map(|p| p.as_ptr()).chain([nul]).collect(),
@@ -112,7 +109,7 @@ pub(crate) fn launch(
             .chain([nul])
             .collect(),
         fds,
-        err_fd: err_w.as_raw_fd(),
+        exec_errno: AtomicI32::new(0),
     });
     let stack = Stack::take()?;
     let mut pidfd: c_int = -1;
@@ -155,7 +152,6 @@ pub(crate) fn launch(
             8,
         )
     };
-    drop(err_w);
     if pid < 0 {
         if clone_error.raw_os_error() == Some(libc::EINVAL) {
             AVAILABLE.store(false, Ordering::Relaxed);
@@ -167,8 +163,7 @@ pub(crate) fn launch(
     Ok((
         Launched {
             pid,
-            err_r,
-            _args: args,
+            args,
             _strings: [paths, argv, env_own],
             _stack: stack,
         },
@@ -244,19 +239,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             }
         }
     }
-    let errno = (-error) as i32;
-    // SAFETY: write reads 4 bytes from `errno`; exit_group ends this process
-    // (a thread group of its own) and does not return.
-    unsafe {
-        syscall4(
-            libc::SYS_write,
-            a.err_fd as usize,
-            &errno as *const i32 as usize,
-            4,
-            0,
-        );
-        syscall4(libc::SYS_exit_group, 127, 0, 0, 0);
-    }
+    // No path to try at all: not found.
+    let errno = if error < 0 {
+        -error
+    } else {
+        libc::ENOENT as isize
+    };
+    // An atomic store is a plain store: no call, no errno.
+    a.exec_errno.store(errno as i32, Ordering::Release);
+    // SAFETY: exit_group ends this process (a thread group of its own) and
+    // does not return.
+    unsafe { syscall4(libc::SYS_exit_group, 127, 0, 0, 0) };
     127
 }
 

@@ -574,8 +574,13 @@ impl Spec {
         err_r: OwnedFd,
         started: Instant,
     ) -> io::Result<Running> {
-        let pipes = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
-            .and_then(|out| Ok((out, tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?)));
+        // Pipes made here, so no need for tokio to check that they are (an
+        // fstat and two fcntl each): non-blocking on the daemon's side only.
+        let reader = |fd: OwnedFd| {
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
+        };
+        let pipes = reader(out_r).and_then(|out| Ok((out, reader(err_r)?)));
         let (out, err) = match pipes {
             Ok(p) => p,
             Err(e) => {
