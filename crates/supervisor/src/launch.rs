@@ -39,6 +39,11 @@ const STACKS_KEPT: usize = 64;
 /// False once a clone has failed with EINVAL (no `CLONE_PIDFD`).
 static AVAILABLE: AtomicBool = AtomicBool::new(true);
 
+/// Never use this way again.
+pub(crate) fn disable() {
+    AVAILABLE.store(false, Ordering::Relaxed);
+}
+
 /// Whether this way of starting a process can be used.
 pub(crate) fn available() -> bool {
     AVAILABLE.load(Ordering::Relaxed)

@@ -19,3 +19,15 @@ pub use process::{
     Exit, ExitStatus, Input, LineSink, Running, Spec, StopReason, Stream, kill_group,
 };
 pub use user::{Identity, resolve_identity};
+
+/// From now on, task processes start with `posix_spawn` (on a blocking
+/// thread) instead of the clone of [`Spec::start`]: the fallback on other
+/// architectures and old kernels, which its tests exercise here too.
+#[doc(hidden)]
+pub fn use_posix_spawn() {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    launch::disable();
+}

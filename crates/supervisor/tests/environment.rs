@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 use workbus_supervisor::{Input, Spec};
 
 /// The environment `sh` sees, started the way `stdin` makes the spec start
-/// it (a file or nothing: `posix_spawn` with the environment built once;
-/// bytes: tokio's `Command`).
+/// it (a file or nothing: a clone, or `posix_spawn` once the test has asked
+/// for it, with the environment built once; bytes: tokio's `Command`).
 async fn child_env(stdin: Input) -> Vec<(String, String)> {
     let spec = Spec {
         program: "/bin/sh".into(),
@@ -59,8 +59,11 @@ async fn a_worker_gets_the_daemons_environment_without_systemds_variables() {
     let direct = child_env(Input::File(file.clone())).await;
     let null = child_env(Input::Null).await;
     let command = child_env(Input::Bytes(Vec::new())).await;
+    // The fallback where the clone is not available.
+    workbus_supervisor::use_posix_spawn();
+    let spawned = child_env(Input::File(file.clone())).await;
     std::fs::remove_file(&file).unwrap();
-    for env in [&direct, &null, &command] {
+    for env in [&direct, &null, &command, &spawned] {
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         for gone in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"] {
             assert!(!names.contains(&gone), "{gone} in {names:?}");
@@ -78,5 +81,6 @@ async fn a_worker_gets_the_daemons_environment_without_systemds_variables() {
     // PWD, SHLVL and _ the same way to both).
     let sorted = |e: &Vec<(String, String)>| e.iter().cloned().collect::<BTreeMap<_, _>>();
     assert_eq!(sorted(&direct), sorted(&command));
+    assert_eq!(sorted(&spawned), sorted(&command));
     assert_eq!(sorted(&null), sorted(&command));
 }
