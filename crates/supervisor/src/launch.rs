@@ -20,8 +20,9 @@
 //! number in [`ChildArgs`] and exits with 127; the error is read when the
 //! process is reaped. The kernel hands back a pidfd from the clone itself.
 //!
-//! Built for x86-64 and AArch64 Linux; elsewhere, and on kernels without
-//! `CLONE_PIDFD` (before 5.2), the caller uses `posix_spawn`.
+//! Built for x86-64 and AArch64 Linux; elsewhere, on kernels without
+//! `CLONE_PIDFD` (before 5.2) and where a seccomp filter refuses the clone,
+//! the caller uses `posix_spawn`.
 
 use std::ffi::{CStr, CString, c_int, c_long, c_void};
 use std::io;
@@ -36,7 +37,8 @@ const PAGE: usize = 4096;
 /// Stacks kept for reuse (more are unmapped when their process ends).
 const STACKS_KEPT: usize = 64;
 
-/// False once a clone has failed with EINVAL (no `CLONE_PIDFD`).
+/// False once a clone has been refused (EINVAL: a kernel without
+/// `CLONE_PIDFD`; EPERM or ENOSYS: a seccomp filter), or a test said so.
 static AVAILABLE: AtomicBool = AtomicBool::new(true);
 
 /// Never use this way again.
@@ -158,7 +160,10 @@ pub(crate) fn launch(
         )
     };
     if pid < 0 {
-        if clone_error.raw_os_error() == Some(libc::EINVAL) {
+        if matches!(
+            clone_error.raw_os_error(),
+            Some(libc::EINVAL | libc::EPERM | libc::ENOSYS)
+        ) {
             AVAILABLE.store(false, Ordering::Relaxed);
         }
         return Err(clone_error);

@@ -486,7 +486,8 @@ impl Spec {
                     self.running(pid, child, out_r, err_r, started)
                 }
                 Err(e) if crate::launch::available() => Err(starting(e)),
-                // No CLONE_PIDFD on this kernel: posix_spawn from now on.
+                // Refused here (an old kernel, a seccomp filter):
+                // posix_spawn from now on.
                 Err(_) => self.spawn_direct(),
             };
         }
