@@ -170,6 +170,14 @@ pub(crate) fn launch(
     }
     // SAFETY: CLONE_PIDFD put a new descriptor, owned by nobody else, there.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // The child makes its own process group, but perhaps not before the
+    // caller signals the group (a task stopped as soon as it started): so
+    // the parent makes it too. Once the child has exec'd this fails
+    // (EACCES), and by then the group is there.
+    let _ = nix::unistd::setpgid(
+        nix::unistd::Pid::from_raw(pid),
+        nix::unistd::Pid::from_raw(pid),
+    );
     Ok((
         Launched {
             pid,

@@ -332,3 +332,27 @@ async fn a_process_killed_by_a_signal_says_so() {
     assert_eq!(exit.status, ExitStatus::Signal(10));
     assert!(exit.stopped.is_none());
 }
+
+#[tokio::test]
+async fn a_process_stopped_as_soon_as_it_starts_is_stopped() {
+    // The stop can reach the process group before the child has made it:
+    // the start makes the group in the parent as well.
+    for _ in 0..20 {
+        let running = sh("sleep 30").start().unwrap();
+        let pgid = running.pid;
+        let (tx, rx) = oneshot::channel();
+        tx.send(StopReason("stopped at once".into())).unwrap();
+        let exit = tokio::time::timeout(
+            Duration::from_secs(10),
+            running.wait(Arc::new(|_, _| {}), rx, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the stop did not reach the process")
+        .unwrap();
+        assert_eq!(exit.stopped, Some(StopReason("stopped at once".into())));
+        // By SIGTERM: it reached the group, no need of the SIGKILL after
+        // the grace.
+        assert_eq!(exit.status, ExitStatus::Signal(15));
+        assert!(group_alive(pgid).is_empty());
+    }
+}
