@@ -4,8 +4,8 @@
 //! sleeps until the child has exec'd, and on a busy machine the child first
 //! waits for a CPU. So the daemon started its task processes on blocking
 //! threads, and every start cost two hand-overs between threads (to the
-//! blocking thread and back), which on a virtual machine cost as much CPU as
-//! the daemon's own work for the task.
+//! blocking thread and back): on the virtual machine of docs/PERFORMANCE.md
+//! (run V) about a fifth of the daemon's CPU per task.
 //!
 //! Here the child is cloned with `CLONE_VM` alone: it shares the daemon's
 //! memory until it execs, runs on a stack of its own, and the caller goes on
@@ -31,9 +31,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The child's stack: small, since the child only resets its signals,
-/// moves three descriptors and execs; the lowest page is a guard.
+/// moves three descriptors and execs. A guard page lies below it.
 const STACK_SIZE: usize = 64 * 1024;
-const PAGE: usize = 4096;
 /// Stacks kept for reuse (more are unmapped when their process ends).
 const STACKS_KEPT: usize = 64;
 
@@ -330,7 +329,7 @@ impl Stack {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                STACK_SIZE,
+                Stack::size(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                 -1,
@@ -341,10 +340,10 @@ impl Stack {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the lowest page of the mapping just made.
-        if unsafe { libc::mprotect(base, PAGE, libc::PROT_NONE) } != 0 {
+        if unsafe { libc::mprotect(base, page_size(), libc::PROT_NONE) } != 0 {
             let e = io::Error::last_os_error();
             // SAFETY: the mapping just made, used by nobody.
-            unsafe { libc::munmap(base, STACK_SIZE) };
+            unsafe { libc::munmap(base, Stack::size()) };
             return Err(e);
         }
         Ok(Stack {
@@ -352,9 +351,23 @@ impl Stack {
         })
     }
 
-    /// The top of the stack (it grows down), 16-byte aligned.
+    /// The mapping's size: the stack and its guard page.
+    fn size() -> usize {
+        STACK_SIZE + page_size()
+    }
+
+    /// The top of the stack (it grows down), page-aligned.
     fn top(&self) -> *mut c_void {
-        (self.base + STACK_SIZE) as *mut c_void
+        (self.base + Stack::size()) as *mut c_void
+    }
+}
+
+/// The size of a page (4 KiB on x86-64, up to 64 KiB on AArch64).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
     }
 }
 
@@ -365,7 +378,7 @@ impl Drop for Stack {
             kept.push(self.base);
         } else {
             // SAFETY: the mapping this Stack owns; its child has ended.
-            unsafe { libc::munmap(self.base as *mut c_void, STACK_SIZE) };
+            unsafe { libc::munmap(self.base as *mut c_void, Stack::size()) };
         }
     }
 }
