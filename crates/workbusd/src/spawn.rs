@@ -155,10 +155,10 @@ impl Daemon {
             stdin: workbus_supervisor::Input::File(claim_path.clone()),
             stdout_cap: self.cfg.max_result_bytes,
             stderr_tail: 2048,
-            // Started with posix_spawn: a task process that outlives a
-            // killed daemon is found and stopped when the daemon starts
-            // again (see recover.rs), and under systemd the unit's cgroup
-            // goes with it.
+            // Started without a fork (the supervisor's launch.rs): a task
+            // process that outlives a killed daemon is found and stopped
+            // when the daemon starts again (see recover.rs), and under
+            // systemd the unit's cgroup goes with it.
             die_with_daemon: false,
         };
         self.ensure_archive_dir(&key.goal);
