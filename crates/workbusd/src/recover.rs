@@ -69,9 +69,9 @@ impl Daemon {
     /// Stops task processes that a killed daemon left running on this bus.
     /// Spawned tasks start without a parent-death signal (a clone or
     /// posix_spawn, not a fork); under systemd the unit's cgroup takes
-    /// them, and here, at the
-    /// next start, the environment they were given identifies them:
-    /// `WORKBUS_ROOT` is this bus and `WORKBUS_TASK_FILE` is set.
+    /// them, and here, at the next start, the environment they were given
+    /// identifies them: `WORKBUS_ROOT` is this bus and `WORKBUS_TASK_FILE`
+    /// is set.
     pub(crate) fn stop_orphans(&mut self) {
         let root = format!("WORKBUS_ROOT={}", self.root().display());
         let me = std::process::id();
