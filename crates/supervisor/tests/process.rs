@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use workbus_supervisor::{ExitStatus, Spec, StopReason, Stream};
 
+mod common;
+
 fn sh(script: &str) -> Spec {
     Spec {
         program: "/bin/sh".into(),
@@ -163,27 +165,16 @@ async fn start_error(spec: Spec) -> std::io::Error {
 
 #[tokio::test]
 async fn a_program_that_cannot_be_run_is_a_clear_error() {
-    let missing = start_error(Spec {
-        program: "/nonexistent/worker".into(),
-        ..Spec::default()
-    })
-    .await;
-    assert!(
-        missing.to_string().contains("/nonexistent/worker"),
-        "{missing}"
-    );
-    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "{missing}");
-    // Not on PATH either.
-    let unknown = start_error(Spec {
-        program: "wb-no-such-program".into(),
-        ..Spec::default()
-    })
-    .await;
-    assert!(
-        unknown.to_string().contains("wb-no-such-program"),
-        "{unknown}"
-    );
-    assert_eq!(unknown.kind(), std::io::ErrorKind::NotFound, "{unknown}");
+    // Not there, and not on PATH either.
+    for program in ["/nonexistent/worker", "wb-no-such-program"] {
+        let e = start_error(Spec {
+            program: program.into(),
+            ..Spec::default()
+        })
+        .await;
+        assert!(e.to_string().contains(program), "{e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    }
     // A file that is not executable.
     let file = std::env::temp_dir().join(format!("wb-not-exec-{}", std::process::id()));
     std::fs::write(&file, b"#!/bin/sh\n").unwrap();
@@ -283,47 +274,9 @@ async fn a_process_nobody_waits_for_is_reaped() {
 
 #[tokio::test]
 async fn stdin_from_a_file_a_program_on_path_and_sigpipe_at_its_default() {
-    let file = std::env::temp_dir().join(format!("wb-stdin-test-{}", std::process::id()));
-    std::fs::write(&file, b"the task record\n").unwrap();
-    // No slash: found on PATH. The daemon ignores SIGPIPE; its workers must
-    // not inherit that (a worker writing to a closed pipe would loop on EPIPE
-    // instead of dying), so bit 12 of SigIgn (SIGPIPE, 13) must be clear.
-    let spec = Spec {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            "cat; grep ^SigIgn /proc/self/status; cut -d' ' -f5 /proc/$$/stat".into(),
-        ],
-        stdin: workbus_supervisor::Input::File(file.clone()),
-        stdout_cap: 1 << 20,
-        ..Spec::default()
-    };
-    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        // These tests exercise the clone (tests/posix_spawn.rs the fallback).
-        assert!(spec.starts_at_once());
-    }
-    let running = spec.start().unwrap();
-    let pid = running.pid;
-    let exit = finish(running).await;
-    std::fs::remove_file(&file).unwrap();
-    assert!(exit.success(), "{exit:?}");
-    let out = String::from_utf8(exit.stdout).unwrap();
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("the task record"));
-    let ign = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let ign = u64::from_str_radix(&ign, 16).unwrap();
-    assert_eq!(ign & (1 << 12), 0, "SIGPIPE ignored in the worker: {out}");
-    assert_eq!(
-        lines.next().map(str::trim),
-        Some(pid.to_string().as_str()),
-        "the worker leads its own process group"
-    );
+    // These tests exercise the clone (tests/posix_spawn.rs the fallback).
+    let clone = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+    common::a_task_process_starts_as_it_should(clone).await;
 }
 
 #[tokio::test]
