@@ -2,8 +2,11 @@
 //!
 //! Every worker runs in its own process group, so that stopping it stops
 //! everything it started: SIGTERM to the group, a grace period, then SIGKILL.
-//! A worker never outlives the daemon: it gets SIGKILL when the daemon's
-//! thread that started it dies (`PR_SET_PDEATHSIG`).
+//! A process started with `die_with_daemon` (a resident worker) gets
+//! SIGKILL when the daemon's thread that started it dies
+//! (`PR_SET_PDEATHSIG`); task processes start without a fork
+//! ([`Spec::start`]), and the daemon stops those a killed predecessor left
+//! behind when it starts.
 
 mod backoff;
 #[cfg(all(
