@@ -321,9 +321,13 @@ impl Spec {
             target_os = "linux",
             any(target_arch = "x86_64", target_arch = "aarch64")
         ))]
-        return self.direct() && crate::launch::available();
-        #[allow(unreachable_code)]
-        false
+        let clone = crate::launch::available();
+        #[cfg(not(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )))]
+        let clone = false;
+        clone && self.direct()
     }
 
     /// Whether the process can start without tokio's `Command`.
