@@ -552,6 +552,10 @@ impl Spec {
     /// The paths to exec, in order: the program itself when it names a
     /// path, else the program in each folder of the daemon's `PATH` (as
     /// `execvp` searches).
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     fn exec_paths(&self) -> io::Result<Vec<CString>> {
         if self.program.contains('/') {
             return Ok(vec![c_string(&self.program)?]);
