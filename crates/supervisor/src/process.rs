@@ -40,8 +40,8 @@ pub struct Spec {
     pub stderr_tail: usize,
     /// Kill it (SIGKILL) when the daemon dies (`PR_SET_PDEATHSIG`). This
     /// needs code between fork and exec, so the process is forked rather
-    /// than started with the cheaper `posix_spawn`; without it an orphan is
-    /// the caller's to find and stop.
+    /// than started the cheaper way ([`Spec::start`]); without it an orphan
+    /// is the caller's to find and stop.
     pub die_with_daemon: bool,
 }
 
@@ -181,7 +181,8 @@ enum Child {
     /// Started by tokio's `Command` (a change of user, a working folder,
     /// stdin bytes, or a parent-death signal).
     Tokio(tokio::process::Child),
-    /// Started by `posix_spawn` here and waited for through a pidfd.
+    /// Started here (the clone of `launch.rs`, or `posix_spawn`) and waited
+    /// for through a pidfd.
     Direct(Direct),
 }
 
