@@ -113,6 +113,8 @@ done
 mkdir -p "$build"
 gcc -O2 -Wall -Wextra -o "$build/publish" "$here/publish.c"
 gcc -O2 -Wall -Wextra -o "$build/spawn" "$here/spawn.c"
+# run by wb-bench just before each W1 repetition, not here
+gcc -O2 -Wall -Wextra -pthread -o "$build/chain" "$here/chain.c"
 
 : >"$out"
 host_line() {

@@ -12,6 +12,11 @@
 //! t1 = when the report has been read and parsed. The report is waited for
 //! with inotify on `reports/`, never by polling.
 //!
+//! Next to each workbusd run of W1 (and of W4) the physical floor is
+//! measured just before it, on the same parent folder: `bench/limits/chain.c`
+//! (the same goals through the least the bus's contract allows), and for
+//! W4 `bench/limits/spawn.c`; both are built with `cc` when missing.
+//!
 //! Each run gets a fresh bus folder and a fresh daemon, started with a
 //! NOTIFY_SOCKET that this process binds and reads all the time (as systemd
 //! does); the run starts once READY=1 came, the resident workers have
@@ -1101,6 +1106,12 @@ impl Bench {
         } else {
             None
         };
+        // W1's floor, likewise (see chain_floor).
+        let floor = if workload == "W1" && !trace {
+            Some(self.chain_floor(cfg)?)
+        } else {
+            None
+        };
         let mut d = self.start_daemon(&run, cfg, &fleet, "")?;
         let r = self.drive(workload, cfg, rep, &run, &mut d, residents, trace);
         let hwm = status_kb(d.pid, "VmHWM");
@@ -1124,42 +1135,87 @@ impl Bench {
         if let Some(raw) = raw {
             v["raw_x4_before"] = raw;
         }
+        if let Some(floor) = floor {
+            v["chain_before"] = floor;
+        }
         Ok(v)
+    }
+
+    /// A probe of bench/limits, built with `cc` into bench/build when it is
+    /// missing or older than its source (bench/limits/run.sh builds them
+    /// too).
+    fn probe(&self, name: &str, flags: &[&str]) -> anyhow::Result<PathBuf> {
+        let src = self.o.repo.join(format!("bench/limits/{name}.c"));
+        let bin = self.o.repo.join("bench/build").join(name);
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = match (modified(&bin), modified(&src)) {
+            (Some(b), Some(s)) => b >= s,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !fresh {
+            fs::create_dir_all(self.o.repo.join("bench/build"))?;
+            let st = Command::new("cc")
+                .args(["-O2", "-Wall", "-o"])
+                .arg(&bin)
+                .arg(&src)
+                .args(flags)
+                .status()
+                .with_context(|| format!("building {} with cc", src.display()))?;
+            if !st.success() {
+                bail!("building {} failed: {st}", src.display());
+            }
+        }
+        Ok(bin)
+    }
+
+    /// Runs a probe that prints one JSON line.
+    fn run_probe(&self, bin: &Path, args: &[String]) -> anyhow::Result<Value> {
+        let out = Command::new(bin)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !out.status.success() {
+            bail!("{} failed: {}", bin.display(), out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim())
+            .with_context(|| format!("{} printed {text:?}", bin.display()))
     }
 
     /// The raw limit of W4 (`bench/limits/spawn.c`: posix_spawn of
     /// /bin/true, as many and as many in flight as W4 runs) measured just
     /// before a W4 run: machine state drifts over a bench run (after W2's
     /// thousands of files, spawning is slower for everyone), so W4's ratio
-    /// is taken against the limit measured next to it. Builds the probe
-    /// with `cc` when bench/limits/run.sh has not.
+    /// is taken against the limit measured next to it.
     fn raw_spawn(&mut self) -> anyhow::Result<Value> {
-        let probe = self.o.repo.join("bench/build/spawn");
-        if !probe.exists() {
-            fs::create_dir_all(self.o.repo.join("bench/build"))?;
-            let st = Command::new("cc")
-                .args(["-O2", "-o"])
-                .arg(&probe)
-                .arg(self.o.repo.join("bench/limits/spawn.c"))
-                .status()
-                .context("building bench/limits/spawn.c with cc")?;
-            if !st.success() {
-                bail!("building bench/limits/spawn.c failed: {st}");
-            }
-        }
-        let out = Command::new(&probe)
-            .args(["--n", &self.o.spawn_tasks.to_string(), "--inflight", "4"])
-            .args(["--method", "posix_spawn", "--label", "before W4"])
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {}", probe.display()))?;
-        if !out.status.success() {
-            bail!("{} failed: {}", probe.display(), out.status);
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(text.trim())
-            .with_context(|| format!("{} printed {text:?}", probe.display()))?;
-        Ok(v)
+        let probe = self.probe("spawn", &[])?;
+        let args = ["--n", &self.o.spawn_tasks.to_string(), "--inflight", "4"]
+            .into_iter()
+            .chain(["--method", "posix_spawn", "--label", "before W4"])
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        self.run_probe(&probe, &args)
+    }
+
+    /// The floor of W1 on this run's folder (`bench/limits/chain.c`: the
+    /// same chain of goals kept to the bus's contract, every durable write
+    /// and wake-up of it, and nothing else), measured just before a W1 run
+    /// for the same reason as `raw_spawn`: a disk's cache flush, which W1
+    /// waits on, takes twice as long on some days as on others.
+    fn chain_floor(&mut self, cfg: &Config) -> anyhow::Result<Value> {
+        let probe = self.probe("chain", &["-pthread"])?;
+        let args = vec![
+            "--goals".to_string(),
+            self.o.goals.to_string(),
+            "--fsync".to_string(),
+            if cfg.fsync { "1" } else { "0" }.to_string(),
+            "--label".to_string(),
+            "before W1".to_string(),
+            cfg.parent.display().to_string(),
+        ];
+        self.run_probe(&probe, &args)
     }
 
     #[allow(clippy::too_many_arguments)]

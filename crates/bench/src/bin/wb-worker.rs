@@ -8,7 +8,9 @@
 //!
 //! Echo: the output of a task with one dependency is that dependency's
 //! output, with several the map of their outputs, without any its input.
-//! Every task found in one look at tasks/ is claimed and done, then their
+//! It waits for task files renamed into tasks/ (inotify names them; the
+//! folder is listed only at the start and after the event queue
+//! overflowed). Every task of one wake-up is claimed and done, then their
 //! results are written, each fsynced, renamed into place, and results/ is
 //! fsynced once for the batch.
 
@@ -60,24 +62,36 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .unwrap_or(30.0),
     );
+    // The daemon writes a task under a dot-name and renames it into tasks/:
+    // the rename is the one event to wait for, and it names the task.
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-    inotify.add_watch(
-        &w.root.join("tasks"),
-        AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
-    )?;
+    inotify.add_watch(&w.root.join("tasks"), AddWatchFlags::IN_MOVED_TO)?;
     w.beat()?;
     let mut next_beat = Instant::now() + heartbeat;
+    // What was there before the watch began: one look at the folder.
+    let mut names = w.listing();
     loop {
-        while w.round()? {}
+        w.round(std::mem::take(&mut names))?;
         let wait = next_beat.saturating_duration_since(Instant::now());
         let timeout = PollTimeout::try_from(wait.as_millis().min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, timeout);
+        let mut overflowed = false;
         while let Ok(events) = inotify.read_events() {
             if events.is_empty() {
                 break;
             }
+            for e in events {
+                if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    overflowed = true;
+                } else if let Some(name) = e.name.and_then(|n| n.into_string().ok()) {
+                    names.push(name);
+                }
+            }
+        }
+        if overflowed {
+            names = w.listing();
         }
         if Instant::now() >= next_beat {
             w.beat()?;
@@ -91,21 +105,24 @@ impl Worker {
         self.root.join(d)
     }
 
-    /// One look at tasks/: claim and do everything there is. Returns
-    /// whether anything was done (look again).
-    fn round(&mut self) -> anyhow::Result<bool> {
-        let mut names: Vec<String> = match fs::read_dir(self.dir("tasks")) {
+    /// The task files in tasks/ now.
+    fn listing(&self) -> Vec<String> {
+        match fs::read_dir(self.dir("tasks")) {
             Ok(rd) => rd
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| {
-                    !n.starts_with('.') && n.ends_with(".json") && !self.unsuitable.contains(n)
-                })
                 .collect(),
-            Err(_) => return Ok(false),
-        };
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Claims and does every task of `names` it can.
+    fn round(&mut self, mut names: Vec<String>) -> anyhow::Result<()> {
+        names.retain(|n| {
+            !n.starts_with('.') && n.ends_with(".json") && !self.unsuitable.contains(n)
+        });
         if names.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         // Workers start at different places in the list, so that they do
         // not all race for the same file.
@@ -133,10 +150,9 @@ impl Worker {
             done.push((format!("{stem}.json"), serde_json::to_vec(&result)?));
         }
         if done.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
-        self.publish_results(&done)?;
-        Ok(true)
+        self.publish_results(&done)
     }
 
     /// Reads a task; claims it by rename if its needs are met.
