@@ -70,8 +70,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe.h"
+
 #define EXT4_MAGIC 0xEF53
-#define STALE_S 600
 #define MAX_HOPS 16
 
 static const char *folders[] = {"stage", "inbox", "goals", "tasks", "claimed", "results",
@@ -81,18 +82,12 @@ enum { F_STAGE, F_INBOX, F_GOALS, F_TASKS, F_CLAIMED, F_RESULTS, F_REPORTS, F_AR
 static int dfd[F_N];
 static int do_fsync = 1;
 static int hops = 3;
+static char devstat_path[128];
 
 static void die(const char *what, const char *arg)
 {
 	fprintf(stderr, "chain: %s %s: %s\n", what, arg ? arg : "", strerror(errno));
 	exit(1);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static void usage(void)
@@ -295,32 +290,6 @@ static void worker(int hop, int ready)
 
 /* ----- measuring ------------------------------------------------------- */
 
-struct devstat {
-	int ok;
-	unsigned long long wr_ios, flushes, flush_ms;
-};
-static char devstat_path[128];
-
-static struct devstat devstat_read(void)
-{
-	struct devstat d = {0};
-	unsigned long long v[17] = {0};
-	FILE *f = devstat_path[0] ? fopen(devstat_path, "r") : NULL;
-	if (!f)
-		return d;
-	int n = 0;
-	while (n < 17 && fscanf(f, "%llu", &v[n]) == 1)
-		n++;
-	fclose(f);
-	if (n < 17)
-		return d;
-	d.ok = 1;
-	d.wr_ios = v[4];
-	d.flushes = v[15];
-	d.flush_ms = v[16];
-	return d;
-}
-
 /* CPU time and run delay in ns of every thread of pid */
 static void sched_of(pid_t pid, unsigned long long *cpu, unsigned long long *delay)
 {
@@ -354,91 +323,6 @@ static void sched_all(const pid_t *pids, int n, unsigned long long *cpu, unsigne
 	sched_of(getpid(), cpu, delay);
 	for (int i = 0; i < n; i++)
 		sched_of(pids[i], cpu, delay);
-}
-
-/* busy CPU time of the whole machine in s (/proc/stat, all but idle, iowait,
- * steal and guest, which user/nice already count) */
-static double machine_busy_s(void)
-{
-	unsigned long long v[8] = {0};
-	FILE *f = fopen("/proc/stat", "r");
-	if (!f)
-		return 0;
-	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-		       &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n < 7)
-		return 0;
-	return (double)(v[0] + v[1] + v[2] + v[5] + v[6]) / sysconf(_SC_CLK_TCK);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static void fs_type_of(const char *path, char *out, size_t outlen)
-{
-	struct stat st;
-	snprintf(out, outlen, "?");
-	if (stat(path, &st) != 0)
-		return;
-	FILE *f = fopen("/proc/self/mountinfo", "r");
-	if (!f)
-		return;
-	char line[4096];
-	while (fgets(line, sizeof line, f)) {
-		unsigned maj, min;
-		if (sscanf(line, "%*d %*d %u:%u", &maj, &min) != 2)
-			continue;
-		if (maj != major(st.st_dev) || min != minor(st.st_dev))
-			continue;
-		char *sep = strstr(line, " - ");
-		if (sep && sscanf(sep + 3, "%63s", out) == 1)
-			break;
-	}
-	fclose(f);
-}
-
-static void json_str(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			printf("\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			printf("\\u%04x", *s);
-		else
-			putchar(*s);
-	}
-	putchar('"');
-}
-
-/* the emptied run directories older than STALE_S go (see publish.c) */
-static void remove_stale(const char *base)
-{
-	DIR *d = opendir(base);
-	if (!d)
-		return;
-	time_t now = time(NULL);
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, "chain-", 6) != 0)
-			continue;
-		char p[4400];
-		struct stat st;
-		snprintf(p, sizeof p, "%s/%s", base, e->d_name);
-		if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode) || now - st.st_mtime <= STALE_S)
-			continue;
-		for (int f = 0; f < F_N; f++) {
-			char q[4500];
-			snprintf(q, sizeof q, "%s/%s", p, folders[f]);
-			(void)rmdir(q); /* fails harmlessly if not empty */
-		}
-		(void)rmdir(p);
-	}
-	closedir(d);
 }
 
 /* unlink the files of the run's folders; the folders stay (see above) */
@@ -496,19 +380,9 @@ int main(int argc, char **argv)
 			 major(dst.st_dev), minor(dst.st_dev));
 
 	char base[4096], run[4200];
-	snprintf(base, sizeof base, "%s/.workbus-limits", dir);
-	if (mkdir(base, 0755) != 0 && errno != EEXIST)
-		die("mkdir", base);
-	int bfd = open(base, O_RDONLY | O_DIRECTORY);
-	if (bfd < 0)
-		die("open", base);
-	int flags = 0;
-	if (ioctl(bfd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
-		flags |= FS_TOPDIR_FL;
-		(void)ioctl(bfd, FS_IOC_SETFLAGS, &flags); /* best effort */
-	}
-	close(bfd);
-	remove_stale(base);
+	if (limits_base(dir, base, sizeof base) != 0)
+		die("making the probes' folder under", dir);
+	remove_stale(base, "chain-", folders, F_N);
 	struct timespec rt;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	snprintf(run, sizeof run, "%s/chain-%d-%lld%09ld", base, (int)getpid(),
@@ -566,7 +440,7 @@ int main(int argc, char **argv)
 	double m0 = 0, busy0 = 0;
 	for (int k = 0; k < total; k++) {
 		if (k == warmup) {
-			d0 = devstat_read();
+			d0 = devstat_read(devstat_path);
 			sched_all(pids, nproc, &cpu0, &delay0);
 			busy0 = machine_busy_s();
 			m0 = now_s();
@@ -621,7 +495,7 @@ int main(int argc, char **argv)
 	double others_pct = seconds > 0 && ncpu > 0 ? 100 * others / (seconds * ncpu) : 0;
 	if (others_pct < 0)
 		others_pct = 0;
-	struct devstat d1 = devstat_read();
+	struct devstat d1 = devstat_read(devstat_path);
 	for (int i = 0; i < nproc; i++)
 		kill(pids[i], SIGKILL);
 	for (int i = 0; i < nproc; i++)

@@ -85,8 +85,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe.h"
+
 #define EXT4_MAGIC 0xEF53
-#define STALE_S 600 /* age after which an emptied run directory is removed */
 
 enum mode { M_NONE, M_FILE, M_DIR, M_FILEDIR };
 enum state { S_CLEAN, S_CHURNED, S_STEADY };
@@ -95,13 +96,6 @@ enum cleanup { CL_FILES, CL_ALL, CL_KEEP };
 static const char *mode_names[] = {"none", "file", "dir", "file+dir"};
 static const char *state_names[] = {"clean", "churned", "steady"};
 static const char *cleanup_names[] = {"files", "all", "keep"};
-
-/* counters of the block device under DIR (/sys/dev/block/M:m/stat), to see
- * what the disk did during a measurement -- including for other processes */
-struct devstat {
-	int ok;
-	unsigned long long wr_ios, wr_sectors, wr_ms, discards, flushes, flush_ms;
-};
 
 struct result {
 	long ops;
@@ -127,36 +121,6 @@ static void sched_read(unsigned long long *cpu_ns, unsigned long long *delay_ns)
 
 static char devstat_path[128];
 
-static struct devstat devstat_read(void)
-{
-	struct devstat d = {0};
-	unsigned long long v[17] = {0};
-	FILE *f = devstat_path[0] ? fopen(devstat_path, "r") : NULL;
-	if (!f)
-		return d;
-	int n = 0;
-	while (n < 17 && fscanf(f, "%llu", &v[n]) == 1)
-		n++;
-	fclose(f);
-	if (n < 11)
-		return d;
-	d.ok = 1;
-	d.wr_ios = v[4];
-	d.wr_sectors = v[6];
-	d.wr_ms = v[7];
-	d.discards = n >= 15 ? v[11] : 0;
-	d.flushes = n >= 17 ? v[15] : 0;
-	d.flush_ms = n >= 17 ? v[16] : 0;
-	return d;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void die(const char *what, const char *arg)
 {
 	fprintf(stderr, "publish: %s %s: %s\n", what, arg ? arg : "", strerror(errno));
@@ -171,50 +135,6 @@ static void usage(void)
 		"               [--series K --every S] [--cleanup files|all|keep] [--no-spread]\n"
 		"               [--label S] DIR none|file|dir|file+dir SECONDS [MAX_OPS]\n");
 	exit(2);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-/* file-system type of the mount holding path, from mountinfo ("?" if unknown) */
-static void fs_type_of(const char *path, char *out, size_t outlen)
-{
-	struct stat st;
-	snprintf(out, outlen, "?");
-	if (stat(path, &st) != 0)
-		return;
-	FILE *f = fopen("/proc/self/mountinfo", "r");
-	if (!f)
-		return;
-	char line[4096];
-	while (fgets(line, sizeof line, f)) {
-		unsigned maj, min;
-		if (sscanf(line, "%*d %*d %u:%u", &maj, &min) != 2)
-			continue;
-		if (maj != major(st.st_dev) || min != minor(st.st_dev))
-			continue;
-		char *sep = strstr(line, " - ");
-		if (sep && sscanf(sep + 3, "%63s", out) == 1)
-			break;
-	}
-	fclose(f);
-}
-
-static void json_str(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			printf("\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			printf("\\u%04x", *s);
-		else
-			putchar(*s);
-	}
-	putchar('"');
 }
 
 /* empty the run directory (flat, only files we made: read it rather than
@@ -244,27 +164,6 @@ static long remove_run(const char *path, int keep_dir)
 	return n;
 }
 
-/* rmdir the emptied run directories older than STALE_S (not full ones: a
- * mass deletion now would poison a flex group that a run might then use) */
-static void remove_stale(const char *base)
-{
-	DIR *d = opendir(base);
-	if (!d)
-		return;
-	time_t now = time(NULL);
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, "run-", 4) != 0)
-			continue;
-		char p[4400];
-		struct stat st;
-		snprintf(p, sizeof p, "%s/%s", base, e->d_name);
-		if (stat(p, &st) == 0 && S_ISDIR(st.st_mode) && now - st.st_mtime > STALE_S)
-			(void)rmdir(p); /* fails harmlessly if not empty */
-	}
-	closedir(d);
-}
-
 /* publish from name number *next on, until `seconds` or `max_ops` */
 static struct result measure(int dfd, int mode, enum state state, long lag, const char *buf,
 			     long size, double seconds, long max_ops, long *next, double *lat)
@@ -274,7 +173,7 @@ static struct result measure(int dfd, int mode, enum state state, long lag, cons
 	char tmp[64], fin[64], old[64];
 	struct result r = {0};
 	long n = 0, first = *next;
-	struct devstat d0 = devstat_read();
+	struct devstat d0 = devstat_read(devstat_path);
 	unsigned long long cpu0, delay0, cpu1, delay1;
 	sched_read(&cpu0, &delay0);
 	double t0 = now_s(), tend = t0 + seconds, t = t0;
@@ -312,7 +211,7 @@ static struct result measure(int dfd, int mode, enum state state, long lag, cons
 	sched_read(&cpu1, &delay1);
 	r.cpu_ms = (cpu1 - cpu0) / 1e6;
 	r.run_delay_ms = (delay1 - delay0) / 1e6;
-	struct devstat d1 = devstat_read();
+	struct devstat d1 = devstat_read(devstat_path);
 	if (d0.ok && d1.ok) {
 		r.dev.ok = 1;
 		r.dev.wr_ios = d1.wr_ios - d0.wr_ios;
@@ -422,19 +321,9 @@ int main(int argc, char **argv)
 	/* the run directory: DIR/.workbus-limits/run-<pid>-<realtime ns> */
 	char base[4096], run[4200];
 	if (spread) {
-		snprintf(base, sizeof base, "%s/.workbus-limits", dir);
-		if (mkdir(base, 0755) != 0 && errno != EEXIST)
-			die("mkdir", base);
-		int bfd = open(base, O_RDONLY | O_DIRECTORY);
-		if (bfd < 0)
-			die("open", base);
-		int flags = 0;
-		if (ioctl(bfd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
-			flags |= FS_TOPDIR_FL;
-			(void)ioctl(bfd, FS_IOC_SETFLAGS, &flags); /* best effort */
-		}
-		close(bfd);
-		remove_stale(base);
+		if (limits_base(dir, base, sizeof base) != 0)
+			die("making the probes' folder under", dir);
+		remove_stale(base, "run-", NULL, 0);
 	} else {
 		snprintf(base, sizeof base, "%s", dir);
 	}

@@ -28,14 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "probe.h"
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+extern char **environ;
 
 /* this thread's runqueue wait in ns (/proc/thread-self/schedstat, field 2):
  * well above zero means other processes competed for the CPUs */
@@ -49,22 +44,6 @@ static unsigned long long run_delay_ns(void)
 		fclose(f);
 	}
 	return delay;
-}
-
-/* busy CPU time of the whole machine in s (/proc/stat, all but idle, iowait,
- * steal and guest, which user/nice already count) */
-static double machine_busy_s(void)
-{
-	unsigned long long v[8] = {0};
-	FILE *f = fopen("/proc/stat", "r");
-	if (!f)
-		return 0;
-	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-		       &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n < 7)
-		return 0;
-	return (double)(v[0] + v[1] + v[2] + v[5] + v[6]) / sysconf(_SC_CLK_TCK);
 }
 
 /* CPU time of this process and of its reaped children, in s */

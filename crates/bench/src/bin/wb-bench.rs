@@ -1142,17 +1142,18 @@ impl Bench {
     }
 
     /// A probe of bench/limits, built with `cc` into bench/build when it is
-    /// missing or older than its source (bench/limits/run.sh builds them
-    /// too).
+    /// missing or older than its source or the probes' shared header
+    /// (bench/limits/run.sh builds them too).
     fn probe(&self, name: &str, flags: &[&str]) -> anyhow::Result<PathBuf> {
         let src = self.o.repo.join(format!("bench/limits/{name}.c"));
+        let header = self.o.repo.join("bench/limits/probe.h");
         let bin = self.o.repo.join("bench/build").join(name);
         let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-        let fresh = match (modified(&bin), modified(&src)) {
-            (Some(b), Some(s)) => b >= s,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let fresh = modified(&bin).is_some_and(|b| {
+            [&src, &header]
+                .iter()
+                .all(|p| modified(p).is_none_or(|m| b >= m))
+        });
         if !fresh {
             fs::create_dir_all(self.o.repo.join("bench/build"))?;
             let st = Command::new("cc")
