@@ -60,8 +60,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -78,6 +80,10 @@
 static const char *folders[] = {"stage", "inbox", "goals", "tasks", "claimed", "results",
 				"reports", "archive"};
 enum { F_STAGE, F_INBOX, F_GOALS, F_TASKS, F_CLAIMED, F_RESULTS, F_REPORTS, F_ARCHIVE, F_N };
+
+/* a goal whose report has not come after this long fails the probe (a
+ * helper process died, or the disk stalled) */
+#define REPORT_TIMEOUT_MS 30000
 
 static int dfd[F_N];
 static int do_fsync = 1;
@@ -342,6 +348,19 @@ static long empty_run(void)
 	return n;
 }
 
+/* the helper processes (conductor, workers), stopped and reaped at exit */
+static pid_t pids[MAX_HOPS + 1];
+static int nproc;
+
+static void kill_helpers(void)
+{
+	for (int i = 0; i < nproc; i++)
+		kill(pids[i], SIGKILL);
+	for (int i = 0; i < nproc; i++)
+		waitpid(pids[i], NULL, 0);
+	nproc = 0;
+}
+
 int main(int argc, char **argv)
 {
 	int goals = 30, warmup = 2;
@@ -404,13 +423,16 @@ int main(int argc, char **argv)
 	int rp[2];
 	if (pipe2(rp, O_CLOEXEC) != 0)
 		die("pipe", NULL);
-	pid_t pids[MAX_HOPS + 1];
-	int nproc = 0;
+	atexit(kill_helpers); /* whichever way this process ends */
+	pid_t parent = getpid();
 	for (int i = 0; i <= hops; i++) {
 		pid_t p = fork();
 		if (p < 0)
 			die("fork", NULL);
 		if (p == 0) {
+			/* nor do they outlive it */
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+				_exit(1);
 			close(rp[0]);
 			if (i == 0)
 				conductor(rp[1]);
@@ -461,6 +483,14 @@ int main(int argc, char **argv)
 		for (;;) {
 			char ev[8 * (sizeof(struct inotify_event) + NAME_MAX + 1)]
 				__attribute__((aligned(__alignof__(struct inotify_event))));
+			struct pollfd pfd = {.fd = in, .events = POLLIN};
+			int ready = poll(&pfd, 1, REPORT_TIMEOUT_MS);
+			if (ready < 0 && errno == EINTR)
+				continue;
+			if (ready == 0) {
+				errno = ETIMEDOUT;
+				die("no report within 30 s for", name);
+			}
 			ssize_t len = read(in, ev, sizeof ev);
 			if (len < 0 && errno == EINTR)
 				continue;
@@ -496,10 +526,7 @@ int main(int argc, char **argv)
 	if (others_pct < 0)
 		others_pct = 0;
 	struct devstat d1 = devstat_read(devstat_path);
-	for (int i = 0; i < nproc; i++)
-		kill(pids[i], SIGKILL);
-	for (int i = 0; i < nproc; i++)
-		waitpid(pids[i], NULL, 0);
+	kill_helpers();
 	long removed = empty_run();
 
 	double *sorted = malloc(sizeof(double) * goals);
