@@ -70,7 +70,7 @@ struct ChildArgs {
 /// the process has ended.
 #[derive(Debug)]
 pub(crate) struct Launched {
-    pub pid: libc::pid_t,
+    pid: libc::pid_t,
     args: Box<ChildArgs>,
     _strings: [Vec<CString>; 3],
     _stack: Stack,
@@ -82,6 +82,10 @@ pub(crate) struct Launched {
 unsafe impl Send for Launched {}
 
 impl Launched {
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// The exec's error number, once the process has been reaped: None when
     /// it exec'd.
     pub(crate) fn exec_error(&self) -> Option<i32> {

@@ -14,6 +14,12 @@ mod backoff;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod launch;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[path = "launch_none.rs"]
+mod launch;
 mod process;
 mod user;
 
@@ -28,9 +34,5 @@ pub use user::{Identity, resolve_identity};
 /// architectures and old kernels, which its tests exercise here too.
 #[doc(hidden)]
 pub fn use_posix_spawn() {
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
     launch::disable();
 }

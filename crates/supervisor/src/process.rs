@@ -205,10 +205,6 @@ struct Direct {
     status: Option<std::process::ExitStatus>,
     /// Started by a clone that shares the daemon's memory until its exec:
     /// its arguments and stack, kept until it has ended.
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
     launched: Option<crate::launch::Launched>,
     /// Why its exec failed, once it has ended.
     exec_error: Option<i32>,
@@ -253,10 +249,6 @@ impl Direct {
                 )),
                 _ => None,
             };
-            #[cfg(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64")
-            ))]
             if self.status.is_some()
                 && let Some(launched) = self.launched.take()
             {
@@ -274,18 +266,11 @@ impl Drop for Direct {
         if matches!(self.reap(), Ok(None)) {
             let pid = self.pid;
             // What the process may still read goes only once it has ended.
-            #[cfg(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64")
-            ))]
             let launched = self.launched.take();
             std::thread::spawn(move || {
                 let _ = nix::sys::wait::waitpid(pid, None);
-                #[cfg(all(
-                    target_os = "linux",
-                    any(target_arch = "x86_64", target_arch = "aarch64")
-                ))]
-                drop(launched);
+                // Dropped here, after the wait.
+                let _launched = launched;
             });
         }
     }
@@ -318,17 +303,7 @@ impl Spec {
     /// Whether [`Spec::start`] returns without waiting for the process to
     /// exec (and so may be called on an event loop's thread).
     pub fn starts_at_once(&self) -> bool {
-        #[cfg(all(
-            target_os = "linux",
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ))]
-        let clone = crate::launch::available();
-        #[cfg(not(all(
-            target_os = "linux",
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        )))]
-        let clone = false;
-        clone && self.direct()
+        crate::launch::available() && self.direct()
     }
 
     /// Whether the process can start without tokio's `Command`.
@@ -467,15 +442,11 @@ impl Spec {
             .collect();
         let starting =
             |e: io::Error| io::Error::new(e.kind(), format!("starting {:?}: {e}", self.program));
-        #[cfg(all(
-            target_os = "linux",
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ))]
         if crate::launch::available() {
             return match crate::launch::launch(self.exec_paths()?, args, &base, own, fds) {
                 Ok((launched, pidfd)) => {
                     drop((stdin, out_w, err_w));
-                    let pid = Pid::from_raw(launched.pid);
+                    let pid = Pid::from_raw(launched.pid());
                     // SAFETY: the AsyncFd owns the OwnedFd, which keeps the
                     // descriptor open and unchanged until both are dropped.
                     let pidfd =
@@ -506,10 +477,6 @@ impl Spec {
             pid,
             pidfd: pidfd_open(pid).ok(),
             status: None,
-            #[cfg(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64")
-            ))]
             launched: None,
             exec_error: None,
             program: self.program.clone(),
@@ -553,10 +520,6 @@ impl Spec {
     /// The paths to exec, in order: the program itself when it names a
     /// path, else the program in each folder of the daemon's `PATH` (as
     /// `execvp` searches).
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
     fn exec_paths(&self) -> io::Result<Vec<CString>> {
         if self.program.contains('/') {
             return Ok(vec![c_string(&self.program)?]);
