@@ -464,7 +464,12 @@ impl Spec {
                 Err(e) if crate::launch::available() => Err(starting(e)),
                 // Refused here (an old kernel, a seccomp filter):
                 // posix_spawn from now on.
-                Err(_) => self.spawn_direct(),
+                Err(e) => {
+                    tracing::warn!(
+                        "the clone that starts task processes was refused ({e}): a kernel older than 5.2 or a seccomp filter; starting them with posix_spawn from now on"
+                    );
+                    self.spawn_direct()
+                }
             };
         }
         let mut envp = base;
