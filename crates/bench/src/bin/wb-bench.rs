@@ -15,7 +15,8 @@
 //! Next to each workbusd run of W1 (and of W4) the physical floor is
 //! measured just before it, on the same parent folder: `bench/limits/chain.c`
 //! (the same goals through the least the bus's contract allows), and for
-//! W4 `bench/limits/spawn.c`; both are built with `cc` when missing.
+//! W4 `bench/limits/spawn.c`; both are built with `cc` when missing or
+//! older than their sources.
 //!
 //! Each run gets a fresh bus folder and a fresh daemon, started with a
 //! NOTIFY_SOCKET that this process binds and reads all the time (as systemd

@@ -180,8 +180,8 @@ impl Worker {
         }
     }
 
-    /// Writes a batch of results: every file first, one `syncfs` for all of
-    /// them, then the renames and one fsync of the folder.
+    /// Writes a batch of results: every file first, then (with fsync) each
+    /// fdatasynced, then the renames and one fsync of the folder.
     fn publish_results(&mut self, done: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         let dir = self.dir("results");
         let mut tmps = Vec::with_capacity(done.len());
