@@ -242,6 +242,18 @@ def main():
         ratios = [a / b for a, b in pairs]
         return {"ratios": ratios, "ratio": med(ratios), "raw": [b for _, b in pairs]}
 
+    def paired_floor(rs):
+        """W4 against the spawn floor (spawnbus.c) wb-bench ran just before
+        each run, and that floor against the raw probe before it."""
+        rows = [(r["summary"]["tasks_per_s"], r["spawn_floor_before"]["tasks_per_s"],
+                 r["raw_x4_before"]["tasks_per_s"])
+                for r in rs if r.get("spawn_floor_before") and r.get("raw_x4_before")]
+        if not rows:
+            return None
+        return {"floor": [f for _, f, _ in rows],
+                "floor_of_raw": [f / raw for _, f, raw in rows],
+                "of_floor": [a / f for a, f, _ in rows]}
+
     # ----- W2 / W4 -----
     for w, title, nt in (("W2", "W2 fan-out: root -> 2000 -> join, one goal (2002 tasks)", 2002),
                          ("W4", "W4 spawn: 500 independent tasks, each runs /bin/true", 500)):
@@ -304,6 +316,15 @@ def main():
             for c in configs:
                 rs = get("W4", c, "workbusd")
                 l4 = lim_spawn.get(("posix_spawn", 4))
+                pf = paired_floor(rs) if rs else None
+                if pf:
+                    o.note(f"W4 floor ({c}; spawnbus.c, the same goal kept to the bus's contract and "
+                           "nothing else, just before each run, after the raw probe): "
+                           + " / ".join(n0(x) for x in pf["floor"]) + " tasks/s = "
+                           + " / ".join(f"{100 * x:.0f}" for x in pf["floor_of_raw"])
+                           + f" % of raw x4 (median {100 * med(pf['floor_of_raw']):.0f} %); workbusd "
+                           + " / ".join(f"{100 * x:.0f}" for x in pf["of_floor"])
+                           + f" % of the floor (median {100 * med(pf['of_floor']):.0f} %).")
                 pr = paired_raw(rs) if rs else None
                 if pr:
                     targets.append((f"W4 vs raw 4-wide posix_spawn just before each run ({c})",

@@ -65,3 +65,92 @@ fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
         "the run is named on the way: {stderr}"
     );
 }
+
+/// W4's runner with its two probes: the raw spawn rate (`spawn.c`) and the
+/// floor (`spawnbus.c`), both built with `cc` and run just before the
+/// daemon's run; the floor's files are kept until the end and then removed.
+#[test]
+fn wb_bench_runs_a_small_spawn_goal_with_its_raw_probe_and_floor() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_wb-bench"));
+    let bin = bench.parent().unwrap().to_path_buf();
+    assert!(
+        bin.join("workbusd").exists(),
+        "workbusd is missing: build it first (`cargo test --workspace` builds every program)"
+    );
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.jsonl");
+    let tasks = 24;
+    let run = Command::new(&bench)
+        .args(["--workloads", "w4", "--configs", "disk", "--reps", "1"])
+        .args(["--reference", "none", "--idle", "0.2", "--timeout", "60"])
+        .args(["--quiet-max", "0", "--retries", "0", "--commit", "smoke"])
+        .args(["--spawn-tasks", &tasks.to_string()])
+        .arg("--disk")
+        .arg(dir.path())
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "wb-bench failed: {stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let w4: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["workload"] == "W4" && l["system"] == "workbusd")
+        .collect();
+    assert_eq!(w4.len(), 1, "one W4 run of workbusd: {text}");
+    let w4 = &w4[0];
+    assert_eq!(w4["goals"][0]["tasks"], tasks, "{w4}");
+    assert_eq!(w4["daemon"]["exit"], 0, "the daemon stopped cleanly: {w4}");
+    let raw = &w4["raw_x4_before"];
+    assert_eq!(raw["probe"], "spawn", "{w4}");
+    assert_eq!(raw["n"], tasks, "{raw}");
+    assert_eq!(raw["failed"], 0, "{raw}");
+    let floor = &w4["spawn_floor_before"];
+    assert_eq!(floor["probe"], "spawnbus", "{w4}");
+    assert_eq!(
+        (floor["n"].clone(), floor["inflight"].clone()),
+        (tasks.into(), 4.into()),
+        "{floor}"
+    );
+    assert_eq!(
+        (floor["failed"].clone(), floor["fsync"].clone()),
+        (0.into(), true.into()),
+        "{floor}"
+    );
+    assert!(floor["tasks_per_s"].as_f64().unwrap() > 0.0, "{floor}");
+    // Kept for the run, then removed with the run's own files: its goal,
+    // its report, and each task's result and claim in the archive.
+    assert_eq!(floor["kept"], true, "{floor}");
+    let floor_dir = PathBuf::from(floor["run_dir"].as_str().unwrap());
+    assert!(floor_dir.starts_with(dir.path()), "{floor}");
+    let expected = 2 + 2 * tasks;
+    assert!(
+        stderr.contains(&format!(
+            "removed {expected} files under {}",
+            floor_dir.display()
+        )),
+        "the floor's {expected} files are removed at the end: {stderr}"
+    );
+    let left: Vec<_> = walk(&floor_dir);
+    assert!(left.is_empty(), "files left: {left:?}");
+}
+
+/// Every file (not folder) under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            files.extend(walk(&e.path()));
+        } else {
+            files.push(e.path());
+        }
+    }
+    files
+}

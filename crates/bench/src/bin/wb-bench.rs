@@ -15,8 +15,9 @@
 //! Next to each workbusd run of W1 (and of W4) the physical floor is
 //! measured just before it, on the same parent folder: `bench/limits/chain.c`
 //! (the same goals through the least the bus's contract allows), and for
-//! W4 `bench/limits/spawn.c`; both are built with `cc` when missing or
-//! older than their sources.
+//! W4 `bench/limits/spawn.c` (the raw rate) and `bench/limits/spawnbus.c`
+//! (the same goal through the least the contract allows); all are built
+//! with `cc` when missing or older than their sources.
 //!
 //! Each run gets a fresh bus folder and a fresh daemon, started with a
 //! NOTIFY_SOCKET that this process binds and reads all the time (as systemd
@@ -1107,6 +1108,12 @@ impl Bench {
         } else {
             None
         };
+        // And W4's floor on this run's folder (see spawn_floor).
+        let spawn_floor = if workload == "W4" {
+            Some(self.spawn_floor(cfg)?)
+        } else {
+            None
+        };
         // W1's floor, likewise (see chain_floor).
         let floor = if workload == "W1" && !trace {
             Some(self.chain_floor(cfg)?)
@@ -1138,6 +1145,9 @@ impl Bench {
         }
         if let Some(floor) = floor {
             v["chain_before"] = floor;
+        }
+        if let Some(floor) = spawn_floor {
+            v["spawn_floor_before"] = floor;
         }
         Ok(v)
     }
@@ -1218,6 +1228,35 @@ impl Bench {
             cfg.parent.display().to_string(),
         ];
         self.run_probe(&probe, &args)
+    }
+
+    /// The floor of W4 on this run's folder (`bench/limits/spawnbus.c`:
+    /// the same goal of /bin/true tasks with the files the bus's contract
+    /// asks of each, its pipes and its durable writes, and nothing else),
+    /// measured just before a W4 run and after the raw probe: what the
+    /// contract costs on this folder, beside what the daemon adds. Its
+    /// files are removed with the run's own at the end (removing them now
+    /// would slow the next creates in the folder).
+    fn spawn_floor(&mut self, cfg: &Config) -> anyhow::Result<Value> {
+        let probe = self.probe("spawnbus", &["-pthread"])?;
+        let args = vec![
+            "--n".to_string(),
+            self.o.spawn_tasks.to_string(),
+            "--inflight".to_string(),
+            "4".to_string(),
+            "--fsync".to_string(),
+            if cfg.fsync { "1" } else { "0" }.to_string(),
+            "--keep".to_string(),
+            "1".to_string(),
+            "--label".to_string(),
+            "before W4".to_string(),
+            cfg.parent.display().to_string(),
+        ];
+        let v = self.run_probe(&probe, &args)?;
+        if let Some(dir) = v["run_dir"].as_str() {
+            self.stamp_dirs.push(PathBuf::from(dir));
+        }
+        Ok(v)
     }
 
     #[allow(clippy::too_many_arguments)]
