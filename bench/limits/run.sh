@@ -115,7 +115,7 @@ gcc -O2 -Wall -Wextra -o "$build/publish" "$here/publish.c"
 gcc -O2 -Wall -Wextra -o "$build/spawn" "$here/spawn.c"
 # run by wb-bench just before each W1 and W4 repetition, not here
 gcc -O2 -Wall -Wextra -pthread -o "$build/chain" "$here/chain.c"
-gcc -O2 -Wall -Wextra -pthread -o "$build/spawnbus" "$here/spawnbus.c"
+gcc -O2 -Wall -Wextra -o "$build/spawnbus" "$here/spawnbus.c"
 
 : >"$out"
 host_line() {

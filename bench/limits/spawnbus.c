@@ -7,31 +7,36 @@
  * process, so W4's distance from the raw rate splits into what the contract
  * costs on this folder and what the daemon adds to it.
  *
- *   spawnbus [--n N] [--inflight K] [--fsync 0|1] [--prog PATH] [--keep 0|1]
- *            [--label S] DIR
+ *   spawnbus [--n N] [--inflight K] [--fsync 0|1] [--start clone|posix_spawn]
+ *            [--prog PATH] [--keep 0|1] [--label S] DIR
  *
  *   N        tasks of the goal (default 500)
  *   K        processes running at once (default 4, as W4's worker)
- *   fsync    1 (default): the accepted goal, each result and the report are
- *            fdatasynced and their folders fsynced; 0: nothing is
+ *   fsync    1 (default): the accepted goal, the results and the report are
+ *            made durable; 0: nothing is
+ *   start    how the processes start (default clone; see below)
  *   keep     1: leave the run's files for the caller to remove (the path is
  *            in "run_dir"); 0 (default): remove them before printing
  *
- * One process, as the daemon is, with a second thread for the fsyncs. After
- * t0, for the goal: its record written durably to goals/ (on the fsync
- * thread, first in its queue); the first K task records written straight into
- * claimed/ (published and claimed at once), the other N-K published in tasks/
+ * One process, as the daemon is. After t0, for the goal: its record written
+ * to goals/; the first K task records written straight into claimed/
+ * (published and claimed at once), the other N-K published in tasks/
  * (queued: the record in tasks/, SPEC's lifecycle; derived state, not
  * fsynced). Per task, when a slot is free: the claim (a rename from tasks/
- * into claimed/), its process started with posix_spawn in a process group of
- * its own, the claimed record on stdin, stdout and stderr on pipes, the
- * record's paths in its environment; when it has ended (waitpid): both pipes
- * read to their end, its exit status checked, the result record written
- * into the goal's archive folder (queued for the fsync thread, which makes
- * what is queued durable at once: a lone result with fdatasync and an fsync
- * of the folder, several with one syncfs) and the claim moved there too. The
- * report is written (fdatasync, rename, fsync of reports/) once every result
- * is durable; t1 after that.
+ * into claimed/), its process started in a process group of its own with
+ * the claimed record on stdin, stdout and stderr on pipes and the record's
+ * paths in its environment; when it has ended (waitpid): both pipes read to
+ * their end, its exit status checked, the result record written into the
+ * goal's archive folder and the claim moved there too. Then the goal and
+ * every result are made durable at once (one syncfs: nothing depended on a
+ * result before the report, so the contract lets them wait until then), and
+ * the report is written (fdatasync, rename, fsync of reports/); t1.
+ *
+ * The processes start the cheapest way known here, as workbusd starts them
+ * (--start clone: a clone that shares the memory without waiting for the
+ * exec, the child making raw system calls only until it execs), or as the
+ * raw probe spawn.c does (--start posix_spawn: glibc's, which waits for the
+ * exec).
  *
  * Output: one JSON line: wall seconds, tasks/s, failures, the CPU time of the
  * process, its threads and its children, the main thread's run delay, and
@@ -45,14 +50,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -66,7 +74,7 @@ static const char *folders[] = {"goals", "tasks", "claimed", "archive", "reports
 enum { F_GOALS, F_TASKS, F_CLAIMED, F_ARCHIVE, F_REPORTS, F_N };
 
 static int dfd[F_N];
-static int do_fsync = 1;
+static int do_fsync = 1, use_clone = 1;
 static const char *goal = "w4-floor";
 
 static void die(const char *what, const char *arg)
@@ -103,74 +111,43 @@ static void publish(int f, const char *name, const char *buf, size_t len, int du
 		die("fsync", folders[f]);
 }
 
-/* ----- the fsync thread: the accepted goal first, then results ---------- */
-
-#define JOB_GOAL (-1)
-
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static int *queue;       /* task numbers whose result waits for its fsync */
-static long queued, taken; /* queue[taken..queued) waits */
-static long durable;      /* results made durable */
-static int goal_job, stop_syncer;
-
-static void sync_result(long i)
-{
-	char name[64];
-	snprintf(name, sizeof name, "%s.t%05ld.1.result.json", goal, i);
-	int fd = openat(dfd[F_ARCHIVE], name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fdatasync(fd) != 0)
-		die("fdatasync", name);
-	close(fd);
-}
-
-/* one job at a time: the goal when asked, else every result queued so far */
-static void *syncer(void *arg)
-{
-	(void)arg;
-	pthread_mutex_lock(&mu);
-	for (;;) {
-		while (!goal_job && taken == queued && !stop_syncer)
-			pthread_cond_wait(&cv, &mu);
-		if (goal_job) {
-			goal_job = 0;
-			pthread_mutex_unlock(&mu);
-			char body[256];
-			int n = snprintf(body, sizeof body,
-					 "{\"goal\":\"%s\",\"tasks\":\"spawn floor probe\"}\n", goal);
-			char name[64];
-			snprintf(name, sizeof name, "%s.json", goal);
-			publish(F_GOALS, name, body, n, 1);
-			pthread_mutex_lock(&mu);
-			continue;
-		}
-		if (taken == queued)
-			break; /* stop_syncer, nothing left */
-		long from = taken, to = queued;
-		taken = to;
-		pthread_mutex_unlock(&mu);
-		if (to - from == 1) {
-			sync_result(queue[from]);
-			if (fsync(dfd[F_ARCHIVE]) != 0)
-				die("fsync", "archive");
-		} else if (syncfs(dfd[F_ARCHIVE]) != 0) {
-			die("syncfs", "archive");
-		}
-		pthread_mutex_lock(&mu);
-		durable += to - from;
-		pthread_cond_broadcast(&cv);
-	}
-	pthread_mutex_unlock(&mu);
-	return NULL;
-}
-
 /* ----- one task's process ------------------------------------------------ */
+
+/* what a cloned child needs until it execs: kept in its slot, which is not
+ * reused before the child has ended */
+struct child_args {
+	int fds[3];
+	char *prog;
+	char **envp;
+};
+
+#define STACK_SIZE 65536
 
 struct slot {
 	pid_t pid;
 	long task;
 	int out, err; /* read ends */
+	struct child_args ca;
+	char *stack;
+	char **envp;
+	char env[4][4600];
 };
+
+/* the cloned child: it shares the parent's memory (errno included), so raw
+ * system calls only, then the exec */
+static int child_main(void *arg)
+{
+	struct child_args *a = arg;
+	for (int to = 0; to < 3; to++)
+		syscall(SYS_dup3, a->fds[to], to, 0);
+	syscall(SYS_setpgid, 0, 0);
+	unsigned long none = 0;
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+	char *argv[] = {a->prog, NULL};
+	syscall(SYS_execve, a->prog, argv, a->envp);
+	syscall(SYS_exit_group, 127);
+	return 127;
+}
 
 static size_t task_record(long i, char *buf, size_t cap)
 {
@@ -184,7 +161,7 @@ static size_t task_record(long i, char *buf, size_t cap)
 
 static void start(struct slot *s, long i, const char *prog, const char *run)
 {
-	char claim[64], path[4400], env_task[4500], env_result[4500], env_goal[128], env_task_id[64];
+	char claim[64], path[4400];
 	snprintf(claim, sizeof claim, "%s.t%05ld.1.w4.json", goal, i);
 	snprintf(path, sizeof path, "%s/claimed/%s", run, claim);
 	int in = openat(dfd[F_CLAIMED], claim, O_RDONLY | O_CLOEXEC);
@@ -193,43 +170,65 @@ static void start(struct slot *s, long i, const char *prog, const char *run)
 	int op[2], ep[2];
 	if (pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0)
 		die("pipe", NULL);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in, 0);
-	posix_spawn_file_actions_adddup2(&fa, op[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, ep[1], 2);
-	posix_spawnattr_t at;
-	posix_spawnattr_init(&at);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
-	posix_spawnattr_setpgroup(&at, 0);
 	/* the record's paths and names, as a spawn worker's process gets them */
-	snprintf(env_task, sizeof env_task, "WORKBUS_TASK_FILE=%s", path);
-	snprintf(env_result, sizeof env_result, "WORKBUS_RESULT_FILE=%s/results/%s.t%05ld.1.json",
+	snprintf(s->env[0], sizeof s->env[0], "WORKBUS_TASK_FILE=%s", path);
+	snprintf(s->env[1], sizeof s->env[1], "WORKBUS_RESULT_FILE=%s/results/%s.t%05ld.1.json",
 		 run, goal, i);
-	snprintf(env_goal, sizeof env_goal, "WORKBUS_GOAL=%s", goal);
-	snprintf(env_task_id, sizeof env_task_id, "WORKBUS_TASK=t%05ld", i);
-	size_t ne = 0;
-	while (environ[ne])
-		ne++;
-	char **envp = malloc(sizeof(char *) * (ne + 6));
-	if (!envp)
-		die("malloc", NULL);
-	memcpy(envp, environ, sizeof(char *) * ne);
-	envp[ne++] = env_task;
-	envp[ne++] = env_result;
-	envp[ne++] = env_goal;
-	envp[ne++] = env_task_id;
-	envp[ne++] = "WORKBUS_ATTEMPT=1";
-	envp[ne] = NULL;
-	char *argv[] = {(char *)prog, NULL};
-	int rc = posix_spawn(&s->pid, prog, &fa, &at, argv, envp);
-	if (rc != 0) {
-		errno = rc;
-		die("posix_spawn", prog);
+	snprintf(s->env[2], sizeof s->env[2], "WORKBUS_GOAL=%s", goal);
+	snprintf(s->env[3], sizeof s->env[3], "WORKBUS_TASK=t%05ld", i);
+	if (!s->envp) {
+		size_t ne = 0;
+		while (environ[ne])
+			ne++;
+		s->envp = malloc(sizeof(char *) * (ne + 6));
+		if (!s->envp)
+			die("malloc", NULL);
+		memcpy(s->envp, environ, sizeof(char *) * ne);
+		for (int q = 0; q < 4; q++)
+			s->envp[ne + q] = s->env[q];
+		s->envp[ne + 4] = "WORKBUS_ATTEMPT=1";
+		s->envp[ne + 5] = NULL;
 	}
-	free(envp);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
+	if (use_clone) {
+		if (!s->stack) {
+			s->stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+			if (s->stack == MAP_FAILED)
+				die("mmap", NULL);
+		}
+		s->ca = (struct child_args){
+			.fds = {in, op[1], ep[1]}, .prog = (char *)prog, .envp = s->envp};
+		/* no handler of this process may run in the child */
+		sigset_t all, old;
+		sigfillset(&all);
+		sigprocmask(SIG_SETMASK, &all, &old);
+		s->pid = clone(child_main, s->stack + STACK_SIZE, CLONE_VM | SIGCHLD, &s->ca);
+		int e = errno;
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		if (s->pid < 0) {
+			errno = e;
+			die("clone", prog);
+		}
+	} else {
+		posix_spawn_file_actions_t fa;
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_adddup2(&fa, in, 0);
+		posix_spawn_file_actions_adddup2(&fa, op[1], 1);
+		posix_spawn_file_actions_adddup2(&fa, ep[1], 2);
+		posix_spawnattr_t at;
+		posix_spawnattr_init(&at);
+		posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
+		posix_spawnattr_setpgroup(&at, 0);
+		char *argv[] = {(char *)prog, NULL};
+		int rc = posix_spawn(&s->pid, prog, &fa, &at, argv, s->envp);
+		if (rc != 0) {
+			errno = rc;
+			die("posix_spawn", prog);
+		}
+		posix_spawn_file_actions_destroy(&fa);
+		posix_spawnattr_destroy(&at);
+	}
+	/* the child has its own table of descriptors */
 	close(in);
 	close(op[1]);
 	close(ep[1]);
@@ -325,6 +324,10 @@ int main(int argc, char **argv)
 			k = atol(v);
 		else if (!strcmp(o, "--fsync"))
 			do_fsync = atoi(v) != 0;
+		else if (!strcmp(o, "--start") && !strcmp(v, "clone"))
+			use_clone = 1;
+		else if (!strcmp(o, "--start") && !strcmp(v, "posix_spawn"))
+			use_clone = 0;
 		else if (!strcmp(o, "--prog"))
 			prog = v;
 		else if (!strcmp(o, "--keep"))
@@ -365,25 +368,20 @@ int main(int argc, char **argv)
 	}
 	if (do_fsync)
 		sync(); /* the folders themselves are not what is measured */
-	queue = malloc(sizeof(int) * n);
 	struct slot *slots = calloc(k, sizeof *slots);
-	if (!queue || !slots)
+	if (!slots)
 		die("malloc", NULL);
-	pthread_t th;
-	if (do_fsync && pthread_create(&th, NULL, syncer, NULL) != 0)
-		die("pthread_create", NULL);
 
 	unsigned long long d0 = run_delay_ns();
 	double busy0 = machine_busy_s(), own0 = own_cpu_s(), self0 = self_cpu_s();
 	double t0 = now_s();
-	if (do_fsync) {
-		pthread_mutex_lock(&mu);
-		goal_job = 1;
-		pthread_cond_signal(&cv);
-		pthread_mutex_unlock(&mu);
-	}
+	char goal_rec[256], name[64], claim[64];
+	int gl = snprintf(goal_rec, sizeof goal_rec,
+			  "{\"goal\":\"%s\",\"tasks\":\"spawn floor probe\"}\n", goal);
+	snprintf(name, sizeof name, "%s.json", goal);
+	publish(F_GOALS, name, goal_rec, gl, 0);
 	/* the goal's tasks: the first K claimed at once, the rest queued */
-	char rec[512], name[64], claim[64];
+	char rec[512];
 	for (long i = 0; i < n; i++) {
 		size_t len = task_record(i, rec, sizeof rec);
 		if (i < k) {
@@ -427,12 +425,6 @@ int main(int argc, char **argv)
 		(void)ne;
 		snprintf(name, sizeof name, "%s.t%05ld.1.result.json", goal, i);
 		publish(F_ARCHIVE, name, res, rl, 0);
-		if (do_fsync) {
-			pthread_mutex_lock(&mu);
-			queue[queued++] = (int)i;
-			pthread_cond_signal(&cv);
-			pthread_mutex_unlock(&mu);
-		}
 		snprintf(claim, sizeof claim, "%s.t%05ld.1.w4.json", goal, i);
 		char moved[80];
 		snprintf(moved, sizeof moved, "%s.t%05ld.1.claim.json", goal, i);
@@ -451,15 +443,9 @@ int main(int argc, char **argv)
 			running++;
 		}
 	}
-	if (do_fsync) {
-		pthread_mutex_lock(&mu);
-		while (durable < n || goal_job)
-			pthread_cond_wait(&cv, &mu);
-		stop_syncer = 1;
-		pthread_cond_signal(&cv);
-		pthread_mutex_unlock(&mu);
-		pthread_join(th, NULL);
-	}
+	/* the goal and the results (and all else written) durable at once */
+	if (do_fsync && syncfs(dfd[F_ARCHIVE]) != 0)
+		die("syncfs", "archive");
 	char report[256];
 	int rl = snprintf(report, sizeof report, "{\"goal\":\"%s\",\"status\":\"%s\",\"tasks\":%ld}\n",
 			  goal, failed ? "failed" : "succeeded", n);
@@ -479,8 +465,9 @@ int main(int argc, char **argv)
 	json_str(dir);
 	printf(",\"fs\":");
 	json_str(fstype);
-	printf(",\"fs_magic\":\"0x%lx\",\"fsync\":%s,\"prog\":", (unsigned long)sfs.f_type,
-	       do_fsync ? "true" : "false");
+	printf(",\"fs_magic\":\"0x%lx\",\"fsync\":%s,\"start\":\"%s\",\"prog\":",
+	       (unsigned long)sfs.f_type, do_fsync ? "true" : "false",
+	       use_clone ? "clone" : "posix_spawn");
 	json_str(prog);
 	printf(",\"n\":%ld,\"inflight\":%ld,\"wall_s\":%.4f,\"tasks_per_s\":%.1f,"
 	       "\"us_per_task\":%.1f,\"failed\":%ld,\"run_delay_ms\":%.1f,\"own_cpu_s\":%.3f,"

@@ -1238,7 +1238,7 @@ impl Bench {
     /// files are removed with the run's own at the end (removing them now
     /// would slow the next creates in the folder).
     fn spawn_floor(&mut self, cfg: &Config) -> anyhow::Result<Value> {
-        let probe = self.probe("spawnbus", &["-pthread"])?;
+        let probe = self.probe("spawnbus", &[])?;
         let args = vec![
             "--n".to_string(),
             self.o.spawn_tasks.to_string(),
