@@ -105,25 +105,13 @@ static void usage(void)
 
 /* ----- the record operations ------------------------------------------- */
 
-/* write a record atomically into folder f: a dot-name, [fdatasync], rename,
- * [fsync of the folder]; `durable` says whether the contract asks for it */
+/* write a record atomically into folder f; `durable` says whether the
+ * contract asks for it to be made durable (see publish_at) */
 static void publish(int f, const char *name, const char *buf, size_t len, int durable)
 {
-	char tmp[NAME_MAX + 1];
-	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
-	int fd = openat(dfd[f], tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		die("create", tmp);
-	if (write(fd, buf, len) != (ssize_t)len)
-		die("write", tmp);
-	if (durable && do_fsync && fdatasync(fd) != 0)
-		die("fdatasync", tmp);
-	if (close(fd) != 0)
-		die("close", tmp);
-	if (renameat(dfd[f], tmp, dfd[f], name) != 0)
-		die("rename", tmp);
-	if (durable && do_fsync && fsync(dfd[f]) != 0)
-		die("fsync", folders[f]);
+	const char *failed = publish_at(dfd[f], name, buf, len, durable && do_fsync);
+	if (failed)
+		die(failed, name);
 }
 
 /* read a small record whole into buf (NUL-terminated); returns its length */
@@ -331,23 +319,6 @@ static void sched_all(const pid_t *pids, int n, unsigned long long *cpu, unsigne
 		sched_of(pids[i], cpu, delay);
 }
 
-/* unlink the files of the run's folders; the folders stay (see above) */
-static long empty_run(void)
-{
-	long n = 0;
-	for (int f = 0; f < F_N; f++) {
-		DIR *d = fdopendir(dup(dfd[f]));
-		if (!d)
-			continue;
-		struct dirent *e;
-		while ((e = readdir(d)) != NULL)
-			if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-				n += unlinkat(dfd[f], e->d_name, 0) == 0;
-		closedir(d);
-	}
-	return n;
-}
-
 /* the helper processes (conductor, workers), stopped and reaped at exit */
 static pid_t pids[MAX_HOPS + 1];
 static int nproc;
@@ -398,25 +369,10 @@ int main(int argc, char **argv)
 		snprintf(devstat_path, sizeof devstat_path, "/sys/dev/block/%u:%u/stat",
 			 major(dst.st_dev), minor(dst.st_dev));
 
-	char base[4096], run[4200];
-	if (limits_base(dir, base, sizeof base) != 0)
-		die("making the probes' folder under", dir);
-	remove_stale(base, "chain-", folders, F_N);
-	struct timespec rt;
-	clock_gettime(CLOCK_REALTIME, &rt);
-	snprintf(run, sizeof run, "%s/chain-%d-%lld%09ld", base, (int)getpid(),
-		 (long long)rt.tv_sec, rt.tv_nsec);
-	if (mkdir(run, 0755) != 0)
-		die("mkdir", run);
-	for (int f = 0; f < F_N; f++) {
-		char p[4400];
-		snprintf(p, sizeof p, "%s/%s", run, folders[f]);
-		if (mkdir(p, 0755) != 0)
-			die("mkdir", p);
-		dfd[f] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd[f] < 0)
-			die("open", p);
-	}
+	char run[4200];
+	const char *failed = make_run(dir, "chain-", folders, F_N, dfd, run, sizeof run);
+	if (failed)
+		die(failed, run);
 	if (do_fsync)
 		sync(); /* the folders themselves are not what is measured */
 
@@ -527,7 +483,7 @@ int main(int argc, char **argv)
 		others_pct = 0;
 	struct devstat d1 = devstat_read(devstat_path);
 	kill_helpers();
-	long removed = empty_run();
+	long removed = empty_folders(dfd, F_N);
 
 	double *sorted = malloc(sizeof(double) * goals);
 	if (!sorted)

@@ -1,7 +1,8 @@
 /*
  * probe.h -- what the probes of bench/limits share: the clock, the machine's
- * CPU time, the block device's counters, the file system's name, JSON
- * strings. Header-only (static inline), so each probe stays one `gcc`
+ * and the process's CPU time, the block device's counters, the file
+ * system's name, JSON strings, the probes' run folders, the atomic publish.
+ * Header-only (static inline), so each probe stays one `gcc`
  * command.
  */
 #ifndef WORKBUS_PROBE_H
@@ -10,10 +11,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -169,6 +172,104 @@ static inline void remove_stale(const char *base, const char *prefix, const char
 		(void)rmdir(p); /* likewise */
 	}
 	closedir(d);
+}
+
+/* a fresh run folder DIR/.workbus-limits/<prefix>-<pid>-<ns> into run, with
+ * the subfolders sub[0..n) opened into dfd[0..n); emptied run folders of
+ * the same prefix older than STALE_S are removed first. NULL when done,
+ * else the step that failed (errno set; run holds the path if it got that
+ * far) */
+static inline const char *make_run(const char *dir, const char *prefix, const char *const *sub,
+				   int n, int *dfd, char *run, size_t runlen)
+{
+	char base[4096];
+	snprintf(run, runlen, "%s", dir);
+	if (limits_base(dir, base, sizeof base) != 0)
+		return "making the probes' folder under";
+	remove_stale(base, prefix, sub, n);
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	snprintf(run, runlen, "%s/%s%d-%lld%09ld", base, prefix, (int)getpid(),
+		 (long long)rt.tv_sec, rt.tv_nsec);
+	if (mkdir(run, 0755) != 0)
+		return "mkdir";
+	for (int f = 0; f < n; f++) {
+		char p[4400];
+		snprintf(p, sizeof p, "%s/%s", run, sub[f]);
+		if (mkdir(p, 0755) != 0)
+			return "mkdir of a folder in";
+		dfd[f] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd[f] < 0)
+			return "open of a folder in";
+	}
+	return NULL;
+}
+
+/* CPU time of this process (all its threads) and of its reaped children,
+ * in s */
+static inline double own_cpu_s(void)
+{
+	struct rusage s, c;
+	getrusage(RUSAGE_SELF, &s);
+	getrusage(RUSAGE_CHILDREN, &c);
+	return s.ru_utime.tv_sec + s.ru_stime.tv_sec + c.ru_utime.tv_sec + c.ru_stime.tv_sec +
+	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec) / 1e6;
+}
+
+/* this thread's runqueue wait in ns (/proc/thread-self/schedstat, field 2):
+ * well above zero means other processes competed for the CPUs */
+static inline unsigned long long run_delay_ns(void)
+{
+	unsigned long long cpu = 0, delay = 0;
+	FILE *f = fopen("/proc/thread-self/schedstat", "r");
+	if (f) {
+		if (fscanf(f, "%llu %llu", &cpu, &delay) != 2)
+			delay = 0;
+		fclose(f);
+	}
+	return delay;
+}
+
+/* write a record atomically into the folder `dir`: a dot-name, [fdatasync],
+ * rename, [fsync of the folder] (`sync` asks for both); NULL when done,
+ * else the step that failed, with errno */
+static inline const char *publish_at(int dir, const char *name, const char *buf, size_t len,
+				     int sync)
+{
+	char tmp[NAME_MAX + 1];
+	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
+	int fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return "create";
+	if (write(fd, buf, len) != (ssize_t)len)
+		return "write";
+	if (sync && fdatasync(fd) != 0)
+		return "fdatasync";
+	if (close(fd) != 0)
+		return "close";
+	if (renameat(dir, tmp, dir, name) != 0)
+		return "rename";
+	if (sync && fsync(dir) != 0)
+		return "fsync of the folder for";
+	return NULL;
+}
+
+/* unlink the files of a run's folders dfd[0..n); the folders stay (see
+ * publish.c); returns how many */
+static inline long empty_folders(const int *dfd, int n)
+{
+	long removed = 0;
+	for (int f = 0; f < n; f++) {
+		DIR *d = fdopendir(dup(dfd[f]));
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d)) != NULL)
+			if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+				removed += unlinkat(dfd[f], e->d_name, 0) == 0;
+		closedir(d);
+	}
+	return removed;
 }
 
 #endif

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,30 +30,6 @@
 #include "probe.h"
 
 extern char **environ;
-
-/* this thread's runqueue wait in ns (/proc/thread-self/schedstat, field 2):
- * well above zero means other processes competed for the CPUs */
-static unsigned long long run_delay_ns(void)
-{
-	unsigned long long cpu = 0, delay = 0;
-	FILE *f = fopen("/proc/thread-self/schedstat", "r");
-	if (f) {
-		if (fscanf(f, "%llu %llu", &cpu, &delay) != 2)
-			delay = 0;
-		fclose(f);
-	}
-	return delay;
-}
-
-/* CPU time of this process and of its reaped children, in s */
-static double own_cpu_s(void)
-{
-	struct rusage s, c;
-	getrusage(RUSAGE_SELF, &s);
-	getrusage(RUSAGE_CHILDREN, &c);
-	return s.ru_utime.tv_sec + s.ru_stime.tv_sec + c.ru_utime.tv_sec + c.ru_stime.tv_sec +
-	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec) / 1e6;
-}
 
 static void usage(void)
 {

@@ -56,7 +56,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/statfs.h>
@@ -90,28 +89,14 @@ static void usage(void)
 	exit(2);
 }
 
-/* write a record atomically into folder f: a dot-name, [fdatasync], rename,
- * [fsync of the folder] */
+/* write a record atomically into folder f, made durable if `durable` and
+ * fsync is on (see publish_at) */
 static void publish(int f, const char *name, const char *buf, size_t len, int durable)
 {
-	char tmp[NAME_MAX + 1];
-	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
-	int fd = openat(dfd[f], tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		die("create", tmp);
-	if (write(fd, buf, len) != (ssize_t)len)
-		die("write", tmp);
-	if (durable && do_fsync && fdatasync(fd) != 0)
-		die("fdatasync", tmp);
-	if (close(fd) != 0)
-		die("close", tmp);
-	if (renameat(dfd[f], tmp, dfd[f], name) != 0)
-		die("rename", tmp);
-	if (durable && do_fsync && fsync(dfd[f]) != 0)
-		die("fsync", folders[f]);
+	const char *failed = publish_at(dfd[f], name, buf, len, durable && do_fsync);
+	if (failed)
+		die(failed, name);
 }
-
-/* ----- one task's process ------------------------------------------------ */
 
 /* what a cloned child needs until it execs: kept in its slot, which is not
  * reused before the child has ended */
@@ -256,50 +241,13 @@ static size_t drain(int fd, char *buf, size_t cap)
 	return got;
 }
 
-/* CPU time of this process (all threads) and of its reaped children, in s */
-static double own_cpu_s(void)
-{
-	struct rusage s, c;
-	getrusage(RUSAGE_SELF, &s);
-	getrusage(RUSAGE_CHILDREN, &c);
-	return s.ru_utime.tv_sec + s.ru_stime.tv_sec + c.ru_utime.tv_sec + c.ru_stime.tv_sec +
-	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec) / 1e6;
-}
-
+/* CPU time of this process alone (all its threads), in s */
 static double self_cpu_s(void)
 {
 	struct rusage s;
 	getrusage(RUSAGE_SELF, &s);
 	return s.ru_utime.tv_sec + s.ru_stime.tv_sec +
 	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec) / 1e6;
-}
-
-static unsigned long long run_delay_ns(void)
-{
-	unsigned long long cpu = 0, delay = 0;
-	FILE *f = fopen("/proc/thread-self/schedstat", "r");
-	if (f) {
-		if (fscanf(f, "%llu %llu", &cpu, &delay) != 2)
-			delay = 0;
-		fclose(f);
-	}
-	return delay;
-}
-
-static long empty_run(void)
-{
-	long n = 0;
-	for (int f = 0; f < F_N; f++) {
-		DIR *d = fdopendir(dup(dfd[f]));
-		if (!d)
-			continue;
-		struct dirent *e;
-		while ((e = readdir(d)) != NULL)
-			if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-				n += unlinkat(dfd[f], e->d_name, 0) == 0;
-		closedir(d);
-	}
-	return n;
 }
 
 int main(int argc, char **argv)
@@ -347,25 +295,10 @@ int main(int argc, char **argv)
 	char fstype[32];
 	fs_type_of(dir, fstype, sizeof fstype);
 
-	char base[4096], run[4200];
-	if (limits_base(dir, base, sizeof base) != 0)
-		die("making the probes' folder under", dir);
-	remove_stale(base, "spawnbus-", folders, F_N);
-	struct timespec rt;
-	clock_gettime(CLOCK_REALTIME, &rt);
-	snprintf(run, sizeof run, "%s/spawnbus-%d-%lld%09ld", base, (int)getpid(),
-		 (long long)rt.tv_sec, rt.tv_nsec);
-	if (mkdir(run, 0755) != 0)
-		die("mkdir", run);
-	for (int f = 0; f < F_N; f++) {
-		char p[4400];
-		snprintf(p, sizeof p, "%s/%s", run, folders[f]);
-		if (mkdir(p, 0755) != 0)
-			die("mkdir", p);
-		dfd[f] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd[f] < 0)
-			die("open", p);
-	}
+	char run[4200];
+	const char *setup = make_run(dir, "spawnbus-", folders, F_N, dfd, run, sizeof run);
+	if (setup)
+		die(setup, run);
 	if (do_fsync)
 		sync(); /* the folders themselves are not what is measured */
 	struct slot *slots = calloc(k, sizeof *slots);
@@ -459,7 +392,7 @@ int main(int argc, char **argv)
 	if (others < 0)
 		others = 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	long removed = keep ? 0 : empty_run();
+	long removed = keep ? 0 : empty_folders(dfd, F_N);
 
 	printf("{\"probe\":\"spawnbus\",\"dir\":");
 	json_str(dir);

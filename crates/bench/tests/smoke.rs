@@ -1,17 +1,19 @@
 //! The benchmark's own tools against the daemon of this tree: `wb-bench`
-//! drives a small W2 (a fan-out to the resident `wb-worker`s and back) on
-//! a bus in a temporary folder and writes its JSON line. The figures are
+//! drives a small W2 (a fan-out to the resident `wb-worker`s and back) and
+//! a small W4 (spawned `/bin/true`, with its raw probe and floor) on a bus
+//! in a temporary folder and writes their JSON lines. The figures are
 //! not judged here (timed assertions belong in `scripts/bench.sh`); this
 //! keeps the runner, the bench's worker and the daemon speaking the same
 //! protocol.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-#[test]
-fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
+/// Runs `wb-bench` with `args` on a bus under `dir` against the programs
+/// built beside it; returns its JSON lines and its stderr.
+fn run_bench(dir: &Path, args: &[&str]) -> (Vec<Value>, String) {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_wb-bench"));
     // wb-worker is this package's other program; workbusd is the root
     // package's, built into the same folder by `cargo test --workspace`.
@@ -23,34 +25,43 @@ fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
             bin.join(program).display()
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bench.jsonl");
-    let fanout = 40;
+    let out = dir.join("bench.jsonl");
     let run = Command::new(&bench)
-        .args(["--workloads", "w2", "--configs", "disk", "--reps", "1"])
+        .args(["--configs", "disk", "--reps", "1"])
         .args(["--reference", "none", "--idle", "0.2", "--timeout", "60"])
         .args(["--quiet-max", "0", "--retries", "0", "--commit", "smoke"])
-        .args(["--fanout", &fanout.to_string()])
+        .args(args)
         .arg("--disk")
-        .arg(dir.path())
+        .arg(dir)
         .arg("--bin")
         .arg(&bin)
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "wb-bench failed: {stderr}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<Value> = text
+    let lines = std::fs::read_to_string(&out)
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    (lines, stderr)
+}
+
+#[test]
+fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let fanout = 40;
+    let (lines, stderr) = run_bench(
+        dir.path(),
+        &["--workloads", "w2", "--fanout", &fanout.to_string()],
+    );
     let w2: Vec<&Value> = lines
         .iter()
         .filter(|l| l["workload"] == "W2" && l["system"] == "workbusd")
         .collect();
-    assert_eq!(w2.len(), 1, "one W2 run of workbusd: {text}");
+    assert_eq!(w2.len(), 1, "one W2 run of workbusd: {lines:?}");
     let w2 = w2[0];
     assert_eq!(w2["commit"], "smoke");
     assert_eq!(w2["fsync"], true);
@@ -71,41 +82,26 @@ fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
 /// daemon's run; the floor's files are kept until the end and then removed.
 #[test]
 fn wb_bench_runs_a_small_spawn_goal_with_its_raw_probe_and_floor() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_wb-bench"));
-    let bin = bench.parent().unwrap().to_path_buf();
-    assert!(
-        bin.join("workbusd").exists(),
-        "workbusd is missing: build it first (`cargo test --workspace` builds every program)"
-    );
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bench.jsonl");
     let tasks = 24;
-    let run = Command::new(&bench)
-        .args(["--workloads", "w4", "--configs", "disk", "--reps", "1"])
-        .args(["--reference", "none", "--idle", "0.2", "--timeout", "60"])
-        .args(["--quiet-max", "0", "--retries", "0", "--commit", "smoke"])
-        .args(["--spawn-tasks", &tasks.to_string()])
-        .arg("--disk")
-        .arg(dir.path())
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--repo")
-        .arg(&repo)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "wb-bench failed: {stderr}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let w4: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (lines, stderr) = run_bench(
+        dir.path(),
+        &[
+            "--workloads",
+            "w4",
+            "--spawn-tasks",
+            &tasks.to_string(),
+            "--repo",
+            repo.to_str().unwrap(),
+        ],
+    );
+    let w4: Vec<&Value> = lines
+        .iter()
         .filter(|l| l["workload"] == "W4" && l["system"] == "workbusd")
         .collect();
-    assert_eq!(w4.len(), 1, "one W4 run of workbusd: {text}");
-    let w4 = &w4[0];
+    assert_eq!(w4.len(), 1, "one W4 run of workbusd: {lines:?}");
+    let w4 = w4[0];
     assert_eq!(w4["goals"][0]["tasks"], tasks, "{w4}");
     assert_eq!(w4["daemon"]["exit"], 0, "the daemon stopped cleanly: {w4}");
     let raw = &w4["raw_x4_before"];
@@ -143,7 +139,7 @@ fn wb_bench_runs_a_small_spawn_goal_with_its_raw_probe_and_floor() {
 }
 
 /// Every file (not folder) under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.file_type().unwrap().is_dir() {
