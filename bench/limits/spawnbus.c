@@ -84,8 +84,8 @@ static void die(const char *what, const char *arg)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: spawnbus [--n N] [--inflight K] [--fsync 0|1] [--prog PATH] "
-			"[--keep 0|1] [--label S] DIR\n");
+	fprintf(stderr, "usage: spawnbus [--n N] [--inflight K] [--fsync 0|1] "
+			"[--start clone|posix_spawn] [--prog PATH] [--keep 0|1] [--label S] DIR\n");
 	exit(2);
 }
 
@@ -222,7 +222,8 @@ static void start(struct slot *s, long i, const char *prog, const char *run)
 	s->err = ep[0];
 }
 
-/* reads a pipe to its end; returns the bytes read (kept: the last 2 KiB) */
+/* reads a pipe to its end, keeping the first `cap` bytes in buf; returns
+ * how many were kept */
 static size_t drain(int fd, char *buf, size_t cap)
 {
 	size_t got = 0;
@@ -358,13 +359,19 @@ int main(int argc, char **argv)
 		int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
 		failed += !ok;
 		long i = s->task;
+		/* what was read is only counted: the probe's record stays valid JSON
+		 * whatever the program wrote */
 		char res[512];
-		int rl = snprintf(res, sizeof res,
-				  "{\"goal\":\"%s\",\"task\":\"t%05ld\",\"attempt\":1,\"status\":\"%s\","
-				  "\"output\":\"%.*s\",\"worker\":\"w4\"}\n",
-				  goal, i, ok ? "ok" : "error", ok ? (int)(no > 64 ? 64 : no) : 0,
-				  out);
-		(void)ne;
+		int rl = ok ? snprintf(res, sizeof res,
+				       "{\"goal\":\"%s\",\"task\":\"t%05ld\",\"attempt\":1,"
+				       "\"status\":\"ok\",\"output\":{\"stdout_bytes\":%zu},"
+				       "\"worker\":\"w4\"}\n",
+				       goal, i, no)
+			    : snprintf(res, sizeof res,
+				       "{\"goal\":\"%s\",\"task\":\"t%05ld\",\"attempt\":1,"
+				       "\"status\":\"error\",\"error\":\"wait status %d, %zu bytes "
+				       "of stderr\",\"worker\":\"w4\"}\n",
+				       goal, i, status, ne);
 		snprintf(name, sizeof name, "%s.t%05ld.1.result.json", goal, i);
 		publish(F_ARCHIVE, name, res, rl, 0);
 		snprintf(claim, sizeof claim, "%s.t%05ld.1.w4.json", goal, i);
