@@ -300,17 +300,11 @@ int main(int argc, char **argv)
 	const char *setup = make_run(dir, "spawnbus-", folders, F_N, dfd, run, sizeof run);
 	if (setup)
 		die(setup, run);
-	if (do_fsync) {
-		/* the folders themselves are not what is measured (nor the rest of
-		 * the machine's dirty data, which sync() would wait for) */
-		for (int f = 0; f < F_N; f++)
-			if (fsync(dfd[f]) != 0)
-				die("fsync", folders[f]);
-		int rfd = open(run, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (rfd < 0 || fsync(rfd) != 0)
-			die("fsync", run);
-		close(rfd);
-	}
+	/* the folders themselves are not what is measured, nor the write-back
+	 * of what earlier runs left unsynced on this file system (syncfs, not
+	 * sync: other file systems' dirty data is not waited for) */
+	if (syncfs(dfd[0]) != 0)
+		die("syncfs", run);
 	struct slot *slots = calloc(k, sizeof *slots);
 	if (!slots)
 		die("malloc", NULL);
