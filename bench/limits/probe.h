@@ -216,17 +216,25 @@ static inline double own_cpu_s(void)
 	       (s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec) / 1e6;
 }
 
-/* this thread's runqueue wait in ns (/proc/thread-self/schedstat, field 2):
- * well above zero means other processes competed for the CPUs */
+/* this thread's CPU time and runqueue wait in ns
+ * (/proc/thread-self/schedstat); a wait well above zero means other
+ * processes competed for the CPUs */
+static inline void sched_read(unsigned long long *cpu_ns, unsigned long long *delay_ns)
+{
+	*cpu_ns = *delay_ns = 0;
+	FILE *f = fopen("/proc/thread-self/schedstat", "r");
+	if (!f)
+		return;
+	if (fscanf(f, "%llu %llu", cpu_ns, delay_ns) != 2)
+		*cpu_ns = *delay_ns = 0;
+	fclose(f);
+}
+
+/* this thread's runqueue wait in ns (see sched_read) */
 static inline unsigned long long run_delay_ns(void)
 {
-	unsigned long long cpu = 0, delay = 0;
-	FILE *f = fopen("/proc/thread-self/schedstat", "r");
-	if (f) {
-		if (fscanf(f, "%llu %llu", &cpu, &delay) != 2)
-			delay = 0;
-		fclose(f);
-	}
+	unsigned long long cpu, delay;
+	sched_read(&cpu, &delay);
 	return delay;
 }
 

@@ -105,20 +105,6 @@ struct result {
 	double cpu_ms, run_delay_ms; /* this thread's CPU time and runqueue wait */
 };
 
-/* this thread's CPU time and time spent runnable but waiting for a CPU, in
- * ns (/proc/thread-self/schedstat); run delay much above zero means others
- * competed for the CPUs and the latencies include that wait */
-static void sched_read(unsigned long long *cpu_ns, unsigned long long *delay_ns)
-{
-	*cpu_ns = *delay_ns = 0;
-	FILE *f = fopen("/proc/thread-self/schedstat", "r");
-	if (!f)
-		return;
-	if (fscanf(f, "%llu %llu", cpu_ns, delay_ns) != 2)
-		*cpu_ns = *delay_ns = 0;
-	fclose(f);
-}
-
 static char devstat_path[128];
 
 static void die(const char *what, const char *arg)

@@ -1182,7 +1182,7 @@ impl Bench {
     }
 
     /// Runs a probe that prints one JSON line.
-    fn run_probe(&self, bin: &Path, args: &[String]) -> anyhow::Result<Value> {
+    fn run_probe(&self, bin: &Path, args: &[&str]) -> anyhow::Result<Value> {
         let out = Command::new(bin)
             .args(args)
             .stderr(Stdio::inherit())
@@ -1203,11 +1203,17 @@ impl Bench {
     /// is taken against the limit measured next to it.
     fn raw_spawn(&mut self) -> anyhow::Result<Value> {
         let probe = self.probe("spawn", &[])?;
-        let args = ["--n", &self.o.spawn_tasks.to_string(), "--inflight", "4"]
-            .into_iter()
-            .chain(["--method", "posix_spawn", "--label", "before W4"])
-            .map(str::to_string)
-            .collect::<Vec<_>>();
+        let n = self.o.spawn_tasks.to_string();
+        let args = [
+            "--n",
+            &n,
+            "--inflight",
+            "4",
+            "--method",
+            "posix_spawn",
+            "--label",
+            "before W4",
+        ];
         self.run_probe(&probe, &args)
     }
 
@@ -1218,14 +1224,16 @@ impl Bench {
     /// waits on, takes twice as long on some days as on others.
     fn chain_floor(&mut self, cfg: &Config) -> anyhow::Result<Value> {
         let probe = self.probe("chain", &["-pthread"])?;
-        let args = vec![
-            "--goals".to_string(),
-            self.o.goals.to_string(),
-            "--fsync".to_string(),
-            if cfg.fsync { "1" } else { "0" }.to_string(),
-            "--label".to_string(),
-            "before W1".to_string(),
-            cfg.parent.display().to_string(),
+        let (goals, parent) = (self.o.goals.to_string(), cfg.parent.display().to_string());
+        let fsync = if cfg.fsync { "1" } else { "0" };
+        let args = [
+            "--goals",
+            &goals,
+            "--fsync",
+            fsync,
+            "--label",
+            "before W1",
+            &parent,
         ];
         self.run_probe(&probe, &args)
     }
@@ -1239,18 +1247,23 @@ impl Bench {
     /// would slow the next creates in the folder).
     fn spawn_floor(&mut self, cfg: &Config) -> anyhow::Result<Value> {
         let probe = self.probe("spawnbus", &[])?;
-        let args = vec![
-            "--n".to_string(),
+        let (n, parent) = (
             self.o.spawn_tasks.to_string(),
-            "--inflight".to_string(),
-            "4".to_string(),
-            "--fsync".to_string(),
-            if cfg.fsync { "1" } else { "0" }.to_string(),
-            "--keep".to_string(),
-            "1".to_string(),
-            "--label".to_string(),
-            "before W4".to_string(),
             cfg.parent.display().to_string(),
+        );
+        let fsync = if cfg.fsync { "1" } else { "0" };
+        let args = [
+            "--n",
+            &n,
+            "--inflight",
+            "4",
+            "--fsync",
+            fsync,
+            "--keep",
+            "1",
+            "--label",
+            "before W4",
+            &parent,
         ];
         let v = self.run_probe(&probe, &args)?;
         if let Some(dir) = v["run_dir"].as_str() {
