@@ -57,12 +57,7 @@ fn wb_bench_runs_a_small_fan_out_against_this_daemon() {
         dir.path(),
         &["--workloads", "w2", "--fanout", &fanout.to_string()],
     );
-    let w2: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["workload"] == "W2" && l["system"] == "workbusd")
-        .collect();
-    assert_eq!(w2.len(), 1, "one W2 run of workbusd: {lines:?}");
-    let w2 = w2[0];
+    let w2 = workbusd_run(&lines, "W2");
     assert_eq!(w2["commit"], "smoke");
     assert_eq!(w2["fsync"], true);
     assert_eq!(w2["workers"], "resident: 4 wb-worker", "{w2}");
@@ -96,12 +91,7 @@ fn wb_bench_runs_a_small_spawn_goal_with_its_raw_probe_and_floor() {
             repo.to_str().unwrap(),
         ],
     );
-    let w4: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["workload"] == "W4" && l["system"] == "workbusd")
-        .collect();
-    assert_eq!(w4.len(), 1, "one W4 run of workbusd: {lines:?}");
-    let w4 = w4[0];
+    let w4 = workbusd_run(&lines, "W4");
     assert_eq!(w4["goals"][0]["tasks"], tasks, "{w4}");
     assert_eq!(w4["daemon"]["exit"], 0, "the daemon stopped cleanly: {w4}");
     let raw = &w4["raw_x4_before"];
@@ -136,6 +126,16 @@ fn wb_bench_runs_a_small_spawn_goal_with_its_raw_probe_and_floor() {
     );
     let left: Vec<_> = walk(&floor_dir);
     assert!(left.is_empty(), "files left: {left:?}");
+}
+
+/// The one line of `workload` run by workbusd.
+fn workbusd_run<'a>(lines: &'a [Value], workload: &str) -> &'a Value {
+    let runs: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["workload"] == workload && l["system"] == "workbusd")
+        .collect();
+    assert_eq!(runs.len(), 1, "one {workload} run of workbusd: {lines:?}");
+    runs[0]
 }
 
 /// Every file (not folder) under `dir`.
